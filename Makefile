@@ -1,0 +1,37 @@
+# One entry point for set-up, the main job and the tests. `make run` and `make test` are the README's
+# two commands; both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: venv install install-test run test bench lint clean
+
+# torch goes first and pinned: these builds are served from local disk here; unpinned, pip would pull
+# a different multi-GB build, and segment-anything needs this torchvision.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/srum run
+
+test: install-test
+	$(BIN)/python -m pytest
+
+bench: install-test
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) srum-runs .pytest_cache

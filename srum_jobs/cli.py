@@ -1,0 +1,187 @@
+"""`srum`: the command line. Thin: every command parses options and calls into the package.
+
+Commands of other concerns (judge server, toy world, stages, cluster) are mounted lazily by dotted path,
+so `srum --help` imports neither torch nor tritonclient nor kubernetes and answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import click
+
+from . import __version__, exitcodes
+
+# name -> ("module:attribute", one-line help). The help lives here so listing commands imports nothing.
+LAZY_COMMANDS: Dict[str, Tuple[str, str]] = {
+    "run": ("srum_jobs.local:run_command", "Run the whole SRUM loop on this machine (toy world by default)."),
+    "stage": ("srum_jobs.stages.commands:stage_group", "Run one stage entrypoint (what each Kubernetes Job runs)."),
+    "toy": ("srum_jobs.models.toy.commands:toy_group", "The built-in toy world: pretrain its base model."),
+    "bench": ("srum_jobs.models.toy.commands:bench_group", "Side-by-side measurements (toy: base vs SFT vs SRUM)."),
+    "enqueue": ("srum_jobs.cluster.commands:enqueue_command", "Submit stage Jobs to Kubernetes (--dry-run prints YAML)."),
+    "status": ("srum_jobs.cluster.commands:status_command", "Per-stage and per-shard progress of an experiment."),
+    "logs": ("srum_jobs.cluster.commands:logs_command", "Logs of a stage's pods."),
+    "cancel": ("srum_jobs.cluster.commands:cancel_command", "Delete an experiment round's Jobs."),
+    "orchestrate": ("srum_jobs.cluster.commands:orchestrate_command", "In-cluster driver: every stage in order."),
+}
+
+JUDGE_COMMANDS: Dict[str, Tuple[str, str]] = {
+    "parse": ("srum_jobs.judging.parse_cli:parse_command", "Parse judge outputs (debug what a VLM answered)."),
+    "serve": ("srum_jobs.judging.serve_cli:serve_command", "Start a local Triton judge server (foreground)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported only when one is invoked."""
+
+    def __init__(self, *args, lazy: Optional[Dict[str, Tuple[str, str]]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name in self.lazy:
+            module, attr = self.lazy[name][0].split(":")
+            try:
+                cmd = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise click.ClickException(f"command {name!r} is not available in this installation: {e}")
+            cmd.name = name
+            return cmd
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, self.lazy[name][1]))
+            else:
+                cmd = super().get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(80)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def load_experiment_or_exit(path: str):
+    """Load an experiment file; a bad file exits with CONFIG_ERROR (never retried by a Job)."""
+    from .config import ConfigError, load_experiment
+
+    try:
+        return load_experiment(path)
+    except ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(exitcodes.CONFIG_ERROR)
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """srum: self-rewarding post-training for unified multimodal models.
+
+    Start with `srum run` (the whole loop on this machine, toy world), then write an experiment
+    file (`srum config show examples/toy-local.yaml`) for your own models and cluster.
+    """
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"srum {__version__}")
+
+
+@main.group()
+def config() -> None:
+    """Validate and inspect experiment files."""
+
+
+@config.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def config_validate(files: Tuple[str, ...]) -> None:
+    """Check experiment FILES; print one line each, exit 78 if any is invalid."""
+    from .config import ConfigError, load_experiment
+
+    bad = 0
+    for f in files:
+        try:
+            exp = load_experiment(f)
+            click.echo(f"ok: {f} (experiment {exp.name!r})")
+        except ConfigError as e:
+            bad += 1
+            click.echo(f"error: {e}", err=True)
+    if bad:
+        sys.exit(exitcodes.CONFIG_ERROR)
+
+
+@config.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+def config_show(file: str, as_json: bool) -> None:
+    """Print FILE with every default filled in."""
+    from .config import dump_experiment
+
+    exp = load_experiment_or_exit(file)
+    click.echo(json.dumps(exp.model_dump(mode="json"), indent=2) if as_json else dump_experiment(exp), nl=not as_json)
+
+
+@config.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of experiment files (generated from the pydantic models)."""
+    from .config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.group()
+def prompts() -> None:
+    """Prompt lists."""
+
+
+@prompts.command("import")
+@click.argument("src")
+@click.argument("dest")
+@click.option("--format", "fmt", type=click.Choice(["auto", "compbench", "jsonl", "text"]), default="auto")
+@click.option("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// SRC/DEST.")
+@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (refused otherwise).")
+def prompts_import(src: str, dest: str, fmt: str, endpoint_url: Optional[str], overwrite: bool) -> None:
+    """Copy and normalise prompt file SRC into storage at DEST (a file:// or s3:// URI ending in .jsonl),
+    reporting counts per category."""
+    from .config import StorageConfig
+    from .prompts import PromptError, category_counts, load_prompts
+    from .storage import StorageError, open_store
+
+    if not dest.endswith(".jsonl"):
+        raise click.BadParameter("DEST must name a .jsonl object, e.g. s3://bucket/prompts/train.jsonl", param_hint="DEST")
+    scheme = "s3://" if dest.startswith("s3://") else "file://"
+    rest = dest[len(scheme):] if dest.startswith(scheme) else dest
+    root, _, key = rest.rpartition("/")
+    if scheme == "file://" and not root:
+        root = "."
+    try:
+        storage = StorageConfig(root="s3://" + src[5:].split("/", 1)[0], endpoint_url=endpoint_url) \
+            if src.startswith("s3://") else None
+        items = load_prompts(src, fmt, storage=storage)
+        store = open_store(scheme + root, **({"endpoint_url": endpoint_url} if scheme == "s3://" else {}))
+        if store.exists(key) and not overwrite:
+            raise click.ClickException(f"{store.uri_for(key)} exists; pass --overwrite to replace it")
+        store.put_jsonl(key, ({"prompt": p.text, "category": p.category, "id": p.id} for p in items))
+    except (PromptError, StorageError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(exitcodes.CONFIG_ERROR)
+    click.echo(f"imported {len(items)} prompts into {store.uri_for(key)}")
+    for cat, n in category_counts(items).items():
+        click.echo(f"  {cat:<20} {n}")
+
+
+@main.group(cls=LazyGroup, lazy=JUDGE_COMMANDS)
+def judge() -> None:
+    """The judge: parse its outputs, serve it locally with Triton."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

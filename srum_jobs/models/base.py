@@ -1,0 +1,74 @@
+"""The `UnifiedModel` protocol: what every model adapter (toy, bagel, diffusers) provides.
+
+Training never forks a model's code: `training_forward` returns the per-token velocity prediction, its
+target and each token's place on the latent grid, and the SRUM loss (training/loss.py) weights it with
+the reward map pooled to that grid (rewards.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+import torch
+
+
+@dataclass
+class GeneratedImage:
+    image: Any                     # PIL.Image.Image, RGB
+    seed: int
+    think_text: Optional[str] = None
+
+
+@dataclass
+class FlowOutput:
+    """One training forward on a batch of B images, N latent tokens of C channels each."""
+
+    v: torch.Tensor                # (B, N, C) predicted velocity
+    target: torch.Tensor           # (B, N, C) rectified-flow target eps - x0
+    grid: Tuple[int, int]          # (gh, gw): N == gh * gw, tokens in row-major order over the latent grid
+    token_mask: Optional[torch.Tensor] = None   # (B, N) bool, False for padding tokens (packed sequences)
+
+
+@runtime_checkable
+class UnifiedModel(Protocol):
+    name: str
+    supports_think: bool
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, think: bool = False, steps: int = 20,
+                 guidance: float = 2.0, resolution: Optional[int] = None) -> List[GeneratedImage]:
+        """One image per (prompt, seed); the same seed gives the same image."""
+
+    def understand(self, images: Sequence[Any], instructions: Sequence[str], *, max_new_tokens: int = 256,
+                   temperature: float = 0.0, think: bool = False) -> List[Tuple[str, str]]:
+        """(answer text, think text) per request: the judge side of the model."""
+
+    def training_forward(self, images: torch.Tensor, prompts: Sequence[str], t: torch.Tensor,
+                         generator: Optional[torch.Generator] = None) -> FlowOutput:
+        """images (B, 3, H, W) in [-1, 1]; t (B,) flow time in (0, 1): x_t = (1 - t) x0 + t eps."""
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        ...
+
+    def state_dict(self) -> Dict[str, Any]:
+        ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> Any:
+        ...
+
+
+# Registry: config string -> "module:factory". Imported lazily so a missing optional dependency of one
+# adapter never breaks another, and `srum --help` imports none of them.
+MODEL_ADAPTERS: Dict[str, str] = {
+    "toy": "srum_jobs.models.toy.model:load_toy_model",
+}
+
+
+def load_model(adapter: str, params: Dict[str, Any], checkpoint: Optional[str] = None) -> UnifiedModel:
+    try:
+        target = MODEL_ADAPTERS[adapter]
+    except KeyError:
+        raise ValueError(f"model.adapter {adapter!r} is not one of {sorted(MODEL_ADAPTERS)}") from None
+    module, factory = target.split(":")
+    return getattr(importlib.import_module(module), factory)(params=params, checkpoint=checkpoint)

@@ -1,0 +1,172 @@
+"""Prompt lists: read the three accepted formats, normalise them to `records.Prompt`, shard them.
+
+Formats:
+- `compbench`: a JSON list of {"Question", "Category", "Question_id"} (T2I-CompBench, as SRUM ships it);
+- `jsonl`: one {"prompt", "category", "id"} object per line ("category" and "id" optional);
+- `text`: one prompt per line (blank lines and lines starting with '#' are skipped, ids are line numbers).
+- `toy://train|val|eval`: the built-in toy world's deterministic prompt sets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from pydantic import ValidationError
+
+from .records import Prompt
+
+
+class PromptError(ValueError):
+    """A prompt file that cannot be used; names the file, the line or entry, and the field."""
+
+
+MAX_PROMPT_CHARS = 4000
+
+
+def detect_format(name: str, text: str) -> str:
+    stripped = text.lstrip()
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".json") or stripped.startswith("["):
+        return "compbench"
+    if stripped.startswith("{"):
+        return "jsonl"
+    return "text"
+
+
+def _make(source: str, where: str, index: int, pid: Any, text: Any, category: Any) -> Prompt:
+    if not isinstance(text, str):
+        raise PromptError(f"{source}: {where}: field 'prompt' must be a string, got {type(text).__name__}")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise PromptError(f"{source}: {where}: prompt is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
+    if not isinstance(category, str) or not category:
+        raise PromptError(f"{source}: {where}: field 'category' must be a non-empty string")
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise PromptError(f"{source}: {where}: field 'id' must be a string or an integer")
+    try:
+        return Prompt(id=str(pid), text=text.strip(), category=category, index=index)
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = {"text": "prompt"}.get(str(e["loc"][0]), str(e["loc"][0])) if e["loc"] else "record"
+        raise PromptError(f"{source}: {where}: field '{field}': {e['msg']}") from None
+
+
+def parse_prompts(text: str, fmt: str = "auto", source: str = "<prompts>") -> List[Prompt]:
+    """Parse prompt-file text; every rejection names the source and the line or entry."""
+    if fmt == "auto":
+        fmt = detect_format(source, text)
+    prompts: List[Prompt] = []
+    if fmt == "compbench":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PromptError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        if not isinstance(data, list):
+            raise PromptError(f"{source}: a T2I-CompBench file is a JSON list, got {type(data).__name__}")
+        for i, row in enumerate(data):
+            where = f"entry {i}"
+            if not isinstance(row, dict):
+                raise PromptError(f"{source}: {where}: must be an object")
+            for field in ("Question", "Category", "Question_id"):
+                if field not in row:
+                    raise PromptError(f"{source}: {where}: field '{field}' is missing")
+            prompts.append(_make(source, where, len(prompts), row["Question_id"], row["Question"], row["Category"]))
+    elif fmt == "jsonl":
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptError(f"{source}: {where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise PromptError(f"{source}: {where}: must be a JSON object")
+            if "prompt" not in row:
+                raise PromptError(f"{source}: {where}: field 'prompt' is missing")
+            unknown = set(row) - {"prompt", "category", "id"}
+            if unknown:
+                raise PromptError(f"{source}: {where}: unknown field(s) {sorted(unknown)}")
+            prompts.append(_make(source, where, len(prompts), row.get("id", lineno), row["prompt"],
+                                 row.get("category", "uncategorised")))
+    elif fmt == "text":
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            prompts.append(_make(source, f"line {lineno}", len(prompts), lineno, line, "uncategorised"))
+    else:
+        raise PromptError(f"{source}: unknown prompt format {fmt!r} (auto, compbench, jsonl, text)")
+    seen: Dict[str, int] = {}
+    for p in prompts:
+        if p.id in seen:
+            raise PromptError(f"{source}: prompt id {p.id!r} appears twice (entries {seen[p.id]} and {p.index})")
+        seen[p.id] = p.index
+    if not prompts:
+        raise PromptError(f"{source}: no prompts found")
+    return prompts
+
+
+def read_source(uri: str, storage: Any = None) -> Tuple[str, str]:
+    """(text, name) of a prompt file given as a path, file:// URI or s3://bucket/key."""
+    if uri.startswith("s3://"):
+        from .storage import open_store
+
+        bucket_and_key = uri[len("s3://"):]
+        bucket, _, key = bucket_and_key.partition("/")
+        if not key:
+            raise PromptError(f"{uri}: an s3:// prompt source needs a key: s3://bucket/path/prompts.json")
+        store = open_store(f"s3://{bucket}", **({} if storage is None else dict(
+            endpoint_url=storage.endpoint_url, region=storage.region, max_attempts=storage.max_attempts)))
+        return store.get_text(key), key
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PromptError(f"prompt file not found: {path}") from None
+    except IsADirectoryError:
+        raise PromptError(f"prompt source {path} is a folder, not a file") from None
+    try:
+        return data.decode("utf-8"), path.name
+    except UnicodeDecodeError as e:
+        raise PromptError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_prompts(uri: str, fmt: str = "auto", *, storage: Any = None, limit: Optional[int] = None,
+                 categories: Optional[Sequence[str]] = None) -> List[Prompt]:
+    """Load, filter and re-index a prompt list (indices are positions in the final list: the sharding key)."""
+    if uri.startswith("toy://"):
+        from .models.toy.world import toy_prompts
+
+        prompts = toy_prompts(uri[len("toy://"):])
+    else:
+        text, name = read_source(uri, storage)
+        prompts = parse_prompts(text, fmt, source=uri if uri.startswith("s3://") else name)
+    if categories:
+        unknown = set(categories) - {p.category for p in prompts}
+        if unknown:
+            raise PromptError(f"{uri}: categories {sorted(unknown)} do not occur in the file")
+        prompts = [p for p in prompts if p.category in set(categories)]
+    if limit is not None:
+        prompts = prompts[:limit]
+    return [p.model_copy(update={"index": i}) for i, p in enumerate(prompts)]
+
+
+def shard_of(index: int, num_shards: int) -> int:
+    return index % num_shards
+
+
+def shard_prompts(prompts: Sequence[Prompt], shard: int, num_shards: int) -> List[Prompt]:
+    """Shard i of N: the prompts whose index % N == i. Round-robin keeps categories balanced across
+    shards, and depends only on the index, so every run and every machine agrees."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
+    return [p for p in prompts if shard_of(p.index, num_shards) == shard]
+
+
+def category_counts(prompts: Sequence[Prompt]) -> Dict[str, int]:
+    return dict(sorted(Counter(p.category for p in prompts).items()))

@@ -1,0 +1,555 @@
+"""Object storage: `file://` (the embedded default) and `s3://` (AWS, MinIO, any S3-compatible store)
+behind one small interface, plus the run layout every stage agrees on.
+
+Why a sidecar checksum (`<key>.sha256`) and not only the store's ETag: the sidecar is written *after*
+the object, so its presence means "this object is complete", on both back ends, and a reader of a
+checkpoint or reward map can refuse a half-written or corrupted object instead of training on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar, Union
+
+T = TypeVar("T")
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI."""
+
+
+class NotFound(StorageError):
+    """The object does not exist."""
+
+
+class ChecksumMismatch(StorageError):
+    """The object's bytes do not match its recorded checksum (corrupt or half-written)."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """A key that would escape the store's prefix or is otherwise malformed."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def normalise_key(key: str) -> str:
+    """Reject keys that could escape the experiment's prefix or alias another key."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"storage key must be a non-empty string, got {key!r}")
+    if "\x00" in key or "\\" in key:
+        raise InvalidKey(f"storage key {key!r} contains a NUL or backslash")
+    if key.startswith("/"):
+        raise InvalidKey(f"storage key {key!r} is absolute; keys are relative to the storage root")
+    parts = key.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidKey(f"storage key {key!r} has an empty, '.' or '..' segment")
+    return key
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+class ObjectStore:
+    """Common operations; subclasses provide the raw byte-level primitives."""
+
+    uri: str
+
+    # --- primitives (per back end) ---------------------------------------------------------------
+    def _put(self, key: str, data: bytes) -> None: raise NotImplementedError
+    def _get(self, key: str) -> bytes: raise NotImplementedError
+    def _exists(self, key: str) -> bool: raise NotImplementedError
+    def _list(self, prefix: str) -> Iterator[str]: raise NotImplementedError
+    def _delete(self, key: str) -> None: raise NotImplementedError
+    def _create_exclusive(self, key: str, data: bytes) -> bool: raise NotImplementedError
+    def _upload_file(self, key: str, path: Path) -> None: self._put(key, path.read_bytes())
+    def _download_file(self, key: str, path: Path) -> None: path.write_bytes(self._get(key))
+
+    # --- public API ------------------------------------------------------------------------------
+    def uri_for(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    def put_bytes(self, key: str, data: bytes, *, checksum: bool = False) -> str:
+        """Write an object (atomically on file://); with checksum=True also its sidecar. Returns sha256."""
+        key = normalise_key(key)
+        digest = sha256_hex(data)
+        self._put(key, data)
+        if checksum:
+            self._put(key + CHECKSUM_SUFFIX, digest.encode())
+        return digest
+
+    def get_bytes(self, key: str, *, verify: bool = False) -> bytes:
+        key = normalise_key(key)
+        data = self._get(key)
+        if verify:
+            self._verify(key, data)
+        return data
+
+    def _verify(self, key: str, data: bytes) -> None:
+        try:
+            expected = self._get(key + CHECKSUM_SUFFIX).decode().strip()
+        except NotFound:
+            raise ChecksumMismatch(f"{self.uri_for(key)} has no checksum sidecar: it was not completely written") from None
+        actual = sha256_hex(data)
+        if actual != expected:
+            raise ChecksumMismatch(f"{self.uri_for(key)} is corrupt: sha256 {actual[:12]}... != recorded {expected[:12]}...")
+
+    def is_complete(self, key: str) -> bool:
+        """True when the object and its checksum sidecar both exist (the sidecar is written last)."""
+        key = normalise_key(key)
+        return self._exists(key + CHECKSUM_SUFFIX) and self._exists(key)
+
+    def exists(self, key: str) -> bool:
+        return self._exists(normalise_key(key))
+
+    def list(self, prefix: str = "") -> List[str]:
+        """Keys under a prefix ("dir/" lists a folder), sorted, checksum sidecars excluded."""
+        if prefix:
+            normalise_key(prefix.rstrip("/"))
+        return sorted(k for k in self._list(prefix) if not k.endswith(CHECKSUM_SUFFIX))
+
+    def delete(self, key: str) -> None:
+        key = normalise_key(key)
+        self._delete(key)
+        if self._exists(key + CHECKSUM_SUFFIX):
+            self._delete(key + CHECKSUM_SUFFIX)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create only if absent (leases, locks). True if this call created it."""
+        return self._create_exclusive(normalise_key(key), data)
+
+    # text / JSON / JSONL
+    def put_text(self, key: str, text: str, *, checksum: bool = False) -> str:
+        return self.put_bytes(key, text.encode("utf-8"), checksum=checksum)
+
+    def get_text(self, key: str, *, verify: bool = False) -> str:
+        data = self.get_bytes(key, verify=verify)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StorageError(f"{self.uri_for(key)} is not UTF-8 text (byte {e.start})") from None
+
+    def put_json(self, key: str, obj: Any, *, checksum: bool = False) -> str:
+        return self.put_text(key, json.dumps(obj, indent=1, default=_json_default, allow_nan=False), checksum=checksum)
+
+    def get_json(self, key: str, *, verify: bool = False) -> Any:
+        text = self.get_text(key, verify=verify)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise StorageError(f"{self.uri_for(key)} is not valid JSON: {e}") from None
+
+    def put_jsonl(self, key: str, rows: Iterable[Any], *, checksum: bool = False) -> str:
+        lines = []
+        for row in rows:
+            if hasattr(row, "to_json_line"):
+                lines.append(row.to_json_line())
+            else:
+                lines.append(json.dumps(row, ensure_ascii=False, default=_json_default, allow_nan=False))
+        return self.put_text(key, "".join(line + "\n" for line in lines), checksum=checksum)
+
+    # arrays and images
+    def put_npy(self, key: str, array: Any, *, checksum: bool = True) -> str:
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array), allow_pickle=False)
+        return self.put_bytes(key, buf.getvalue(), checksum=checksum)
+
+    def get_npy(self, key: str, *, verify: bool = True) -> Any:
+        import numpy as np
+
+        data = self.get_bytes(key, verify=verify)
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as e:
+            raise StorageError(f"{self.uri_for(key)} is not a NumPy array: {e}") from None
+
+    def put_png(self, key: str, image: Any, *, checksum: bool = False) -> str:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return self.put_bytes(key, buf.getvalue(), checksum=checksum)
+
+    def get_png(self, key: str, *, verify: bool = False) -> Any:
+        from PIL import Image, UnidentifiedImageError
+
+        data = self.get_bytes(key, verify=verify)
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise StorageError(f"{self.uri_for(key)} is not a readable image: {e}") from None
+        return img
+
+    # large files (checkpoints): multipart on S3
+    def put_file(self, key: str, path: Union[str, Path], *, checksum: bool = True) -> str:
+        key = normalise_key(key)
+        path = Path(path)
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        self._upload_file(key, path)
+        if checksum:
+            self._put(key + CHECKSUM_SUFFIX, h.hexdigest().encode())
+        return h.hexdigest()
+
+    def get_file(self, key: str, path: Union[str, Path], *, verify: bool = True) -> Path:
+        key = normalise_key(key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._download_file(key, path)
+        if verify:
+            self._verify(key, path.read_bytes())
+        return path
+
+
+class LocalStore(ObjectStore):
+    """file:// store. Writes go to a temp file in the same folder, then os.replace: never half-visible."""
+
+    def __init__(self, root: Union[str, Path]):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        p = (self.root / key).resolve()
+        if self.root != p and self.root not in p.parents:  # a symlink inside the root pointing out
+            raise InvalidKey(f"storage key {key!r} resolves outside {self.uri}")
+        return p
+
+    def _put(self, key: str, data: bytes) -> None:
+        p = self._path(key)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.uri_for(key)}: {e.strerror}") from None
+
+    def _get(self, key: str) -> bytes:
+        p = self._path(key)
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"not found: {self.uri_for(key)}") from None
+        except IsADirectoryError:
+            raise NotFound(f"not found (a folder, not an object): {self.uri_for(key)}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.uri_for(key)}: {e.strerror}") from None
+
+    def _exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue  # an in-flight atomic write
+                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if rel.startswith(prefix):
+                    yield rel
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _create_exclusive(self, key: str, data: bytes) -> bool:
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, p)  # atomic and fails if p exists: the lock primitive
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def _upload_file(self, key: str, path: Path) -> None:
+        self._put(key, path.read_bytes()) if path.stat().st_size < (64 << 20) else self._copy_large(key, path)
+
+    def _copy_large(self, key: str, path: Path) -> None:
+        import shutil
+
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, p)
+
+
+class S3Store(ObjectStore):
+    """s3:// store through boto3. Retries: botocore's standard mode (throttling, 5xx, dropped connections)."""
+
+    def __init__(self, uri: str, *, endpoint_url: Optional[str] = None, region: Optional[str] = None,
+                 max_attempts: int = 5, multipart_threshold_mb: int = 64):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        rest = uri[len("s3://"):]
+        self.bucket, _, prefix = rest.partition("/")
+        if not self.bucket:
+            raise StorageError(f"{uri}: an s3:// URI needs a bucket")
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            normalise_key(self.prefix)
+        self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        # Credentials: the standard chain only (environment, mounted profile, pod identity), never the file.
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+                          connect_timeout=10, read_timeout=120))
+        self.transfer = TransferConfig(multipart_threshold=multipart_threshold_mb << 20,
+                                       multipart_chunksize=max(8, multipart_threshold_mb // 4) << 20)
+        self.max_attempts = max_attempts
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, e: Exception, key: str, verb: str) -> StorageError:
+        from botocore.exceptions import ClientError, NoCredentialsError, EndpointConnectionError
+
+        where = self.uri_for(key)
+        if isinstance(e, NoCredentialsError):
+            return StorageError(f"cannot {verb} {where}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                                "or mount a Secret / pod identity)")
+        if isinstance(e, EndpointConnectionError):
+            return StorageError(f"cannot {verb} {where}: S3 endpoint unreachable ({e})")
+        if isinstance(e, ClientError):
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return NotFound(f"not found: {where}")
+            if code == "NoSuchBucket":
+                return StorageError(f"cannot {verb} {where}: bucket {self.bucket!r} does not exist")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                return StorageError(f"cannot {verb} {where}: access denied ({code}); check the S3 credentials")
+            return StorageError(f"cannot {verb} {where}: {code or e}")
+        return StorageError(f"cannot {verb} {where}: {e}")
+
+    def _put(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        except Exception as e:  # botocore raises a zoo of types; all are translated to one with the URI
+            raise self._error(e, key, "write") from None
+
+    def _get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+        except Exception as e:
+            raise self._error(e, key, "read") from None
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            return True
+        except Exception as e:
+            err = self._error(e, key, "check")
+            if isinstance(err, NotFound):
+                return False
+            raise err from None
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        full = self._k(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][strip:]
+        except Exception as e:
+            raise self._error(e, prefix, "list") from None
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        except Exception as e:
+            raise self._error(e, key, "delete") from None
+
+    def _create_exclusive(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            # Conditional write: S3 (since 2024), MinIO and moto honour If-None-Match: *.
+            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise self._error(e, key, "create") from None
+
+    def _upload_file(self, key: str, path: Path) -> None:
+        try:
+            self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer)
+        except Exception as e:
+            raise self._error(e, key, "upload") from None
+
+    def _download_file(self, key: str, path: Path) -> None:
+        try:
+            self.client.download_file(self.bucket, self._k(key), str(path), Config=self.transfer)
+        except Exception as e:
+            raise self._error(e, key, "download") from None
+
+
+def open_store(target: Any, **overrides: Any) -> ObjectStore:
+    """A store from a URI string or a `config.StorageConfig`."""
+    if isinstance(target, str):
+        uri, opts = target, dict(overrides)
+    else:
+        uri = target.root
+        opts = dict(endpoint_url=target.endpoint_url, region=target.region, max_attempts=target.max_attempts,
+                    multipart_threshold_mb=target.multipart_threshold_mb)
+        opts.update(overrides)
+    if uri.startswith("file://"):
+        return LocalStore(uri[len("file://"):])
+    if uri.startswith("s3://"):
+        return S3Store(uri, **opts)
+    raise StorageError(f"unsupported storage URI {uri!r}: use file://PATH or s3://bucket/prefix")
+
+
+def with_retries(fn: Callable[[], T], *, attempts: int = 5, base_delay: float = 0.2, what: str = "operation",
+                 retry_on: tuple = (StorageError,)) -> T:
+    """Retry an idempotent operation with jittered exponential backoff (for whole-object workflows;
+    single S3 calls already retry inside botocore)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except NotFound:
+            raise
+        except retry_on:
+            if i == attempts - 1:
+                raise
+            time.sleep(base_delay * (2 ** i) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run layout
+# ---------------------------------------------------------------------------------------------------
+STAGES = ("generate", "rewards", "train", "eval", "report")
+
+
+@dataclass
+class RunLayout:
+    """Where one experiment round keeps its artifacts (keys relative to the storage root):
+
+    <experiment>/lease.json                                  who runs the experiment now
+    <experiment>/judge-cache/<sha>.json                      judgments, shared by every round
+    <experiment>/round-<r>/prompts/prompts.jsonl             the normalised prompt list (+ .sha256)
+    <experiment>/round-<r>/candidates/shard-<i>/<pid>/<k>.png
+    <experiment>/round-<r>/judgments/shard-<i>/items/<pid>-<k>.json   one record per candidate, as it finishes
+    <experiment>/round-<r>/judgments/shard-<i>/records.jsonl          the shard's records, written at completion
+    <experiment>/round-<r>/rewards/shard-<i>/<pid>-<k>.npy            reward map (+ .sha256)
+    <experiment>/round-<r>/checkpoints/step-<n>/...                   complete when manifest.json.sha256 exists
+    <experiment>/round-<r>/eval/..., report/...
+    <experiment>/round-<r>/markers/<stage>/shard-<i>.json             written last: the shard is done
+    """
+
+    store: ObjectStore
+    experiment: str
+    round: int = 1
+
+    def __post_init__(self) -> None:
+        normalise_key(self.experiment)
+        if self.round < 1:
+            raise ValueError(f"round must be >= 1, got {self.round}")
+
+    @property
+    def exp_prefix(self) -> str:
+        return self.experiment
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.experiment}/round-{self.round}"
+
+    def key(self, *parts: Any) -> str:
+        return normalise_key("/".join([self.prefix, *map(str, parts)]))
+
+    # well-known keys
+    @property
+    def prompts_key(self) -> str:
+        return self.key("prompts", "prompts.jsonl")
+
+    @property
+    def eval_prompts_key(self) -> str:
+        return self.key("prompts", "eval_prompts.jsonl")
+
+    @property
+    def lease_key(self) -> str:
+        return normalise_key(f"{self.experiment}/lease.json")
+
+    def cache_key(self, digest: str) -> str:
+        return normalise_key(f"{self.experiment}/judge-cache/{digest[:2]}/{digest}.json")
+
+    def shard_prefix(self, area: str, shard: int) -> str:
+        return self.key(area, f"shard-{shard:05d}") + "/"
+
+    def marker_key(self, stage: str, shard: int = 0) -> str:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+        return self.key("markers", stage, f"shard-{shard:05d}.json")
+
+    def checkpoint_prefix(self, step: int) -> str:
+        return self.key("checkpoints", f"step-{step:07d}") + "/"
+
+    # completion markers
+    def mark_done(self, stage: str, shard: int = 0, **summary: Any) -> None:
+        self.store.put_json(self.marker_key(stage, shard), {"stage": stage, "shard": shard, "round": self.round,
+                                                             "finished_at": time.time(), **summary})
+
+    def shard_done(self, stage: str, shard: int = 0) -> bool:
+        return self.store.exists(self.marker_key(stage, shard))
+
+    def marker(self, stage: str, shard: int = 0) -> Optional[dict]:
+        try:
+            return self.store.get_json(self.marker_key(stage, shard))
+        except NotFound:
+            return None
+
+    def stage_shards_done(self, stage: str) -> List[int]:
+        prefix = self.key("markers", stage) + "/"
+        done = []
+        for k in self.store.list(prefix):
+            name = k.rsplit("/", 1)[-1]
+            if name.startswith("shard-") and name.endswith(".json"):
+                done.append(int(name[len("shard-"):-len(".json")]))
+        return sorted(done)
+
+    def completed_checkpoints(self) -> List[int]:
+        """Steps whose checkpoint manifest is complete (its checksum sidecar exists), ascending."""
+        steps = []
+        for k in self.store.list(self.key("checkpoints") + "/"):
+            parts = k.split("/")
+            if parts[-1] == "manifest.json" and parts[-2].startswith("step-"):
+                if self.store.is_complete(k):
+                    steps.append(int(parts[-2][len("step-"):]))
+        return sorted(steps)
