@@ -178,6 +178,7 @@ class ResourcesConfig(_Section):
     cpu: str = "4"
     memory: str = "16Gi"
     gpu: int = Field(0, ge=0, le=16)
+    scratch: Optional[str] = Field(None, description="size limit of the pod's emptyDir scratch, e.g. 100Gi")
 
 
 class ClusterConfig(_Section):
@@ -193,6 +194,8 @@ class ClusterConfig(_Section):
     generate: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=1))
     train: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(cpu="16", memory="200Gi", gpu=8))
     eval: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=1))
+    rewards: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=0))
+    report: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=0))
     node_selector: Dict[str, str] = Field(default_factory=dict)
     tolerations: List[Dict[str, str]] = Field(default_factory=list)
 
@@ -201,7 +204,8 @@ class Experiment(_Section):
     """The whole experiment file."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    name: str = Field(..., description="lower-case DNS label: used in storage keys and Kubernetes names")
+    name: str = Field(..., pattern=_NAME_RE.pattern,
+                      description="lower-case DNS label: used in storage keys and Kubernetes names")
     storage: StorageConfig = Field(default_factory=StorageConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -241,6 +245,19 @@ def parse_experiment(data: Any, source: str = "<dict>") -> Experiment:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def _yaml_loader():
+    """PyYAML follows YAML 1.1, where `2e-5` (no dot) is a string; users mean a number (YAML 1.2 agrees)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+    return Loader
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read a YAML or JSON experiment file."""
     import yaml
@@ -253,7 +270,7 @@ def load_experiment(path: str | Path) -> Experiment:
     except UnicodeDecodeError as e:
         raise ConfigError(f"experiment file {p} is not UTF-8 text (byte {e.start})") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_yaml_loader())
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"experiment file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
     return parse_experiment(data, str(p))

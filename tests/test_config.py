@@ -107,3 +107,10 @@ def test_cli_validate_and_show(tmp_path):
     assert parse_experiment(shown).model_dump() == load_experiment(mini).model_dump()  # round-trips
     r = runner.invoke(main, ["config", "schema"])
     assert json.loads(r.output)["title"] == "Experiment"
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    f = tmp_path / "e.yaml"
+    f.write_text("name: e\ntraining:\n  lr: 2e-5\n  eps: 1E-15\n")
+    exp = load_experiment(f)
+    assert exp.training.lr == 2e-5 and exp.training.eps == 1e-15

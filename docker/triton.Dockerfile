@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# The judge server image: NVIDIA's Triton server plus the srum package (the python-backend models import it)
+# and the model repository triton_models/ at /models. Build from the repository root:
+#   docker build -f docker/triton.Dockerfile -t ghcr.io/srum/srum-triton:0.1.0 .
+# k8s/ and the Helm chart start it as: tritonserver --model-repository=/models --model-control-mode=none ...
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.06-py3
+FROM ${TRITON_IMAGE}
+
+# The python backend runs models with the image's system Python: install torch for it, pinned.
+ARG TORCH_SPEC="torch==2.7.1 torchvision==0.22.1"
+ARG EXTRA_PIP=""
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1
+
+WORKDIR /opt/srum
+COPY pyproject.toml README.md ./
+COPY srum_jobs ./srum_jobs
+RUN pip install ${TORCH_SPEC} \
+ && pip install ".[models]" \
+ && if [ -n "${EXTRA_PIP}" ]; then pip install ${EXTRA_PIP}; fi
+
+COPY triton_models /models
+
+# NVIDIA's image already has the non-root user triton-server with uid 1000; the pods run as 1000 too.
+USER 1000:1000
+
+ENTRYPOINT ["tritonserver"]
+CMD ["--model-repository=/models", "--model-control-mode=none"]

@@ -1,0 +1,432 @@
+"""Kubernetes objects for one experiment round, built from the experiment file (the one source of truth).
+
+Plain dicts, not client models: they print as the YAML `--dry-run` shows, validate against the official
+OpenAPI schemas, and go to the API server unchanged. Nothing here talks to a cluster or imports the
+`kubernetes` package, so `srum enqueue --dry-run` needs neither.
+
+Stages and their Jobs (names are derived from the experiment and round, so a rerun finds its own Jobs):
+
+    generate  Indexed Job, completions = prompts.num_shards, shard = JOB_COMPLETION_INDEX  (GPU)
+    rewards   Indexed Job like generate (CPU): reward maps from the shard's judgments
+    train     Indexed Job, completions = parallelism = training.nnodes, + headless Service; torchrun
+    eval      Indexed Job like generate, against the evaluator model                       (GPU)
+    report    one pod                                                                      (CPU)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from .. import exitcodes
+from ..config import ConfigError, Experiment, ResourcesConfig
+
+STAGE_ORDER = ("generate", "rewards", "train", "eval", "report")
+SHARDED_STAGES = ("generate", "rewards", "eval")
+
+# Where the experiment ConfigMap is mounted in every pod (the Helm chart's driver uses the same folder).
+# The file keeps its format's suffix: the chart renders JSON, because Helm writes floats such as 1e-15,
+# which YAML 1.1 (PyYAML) would read back as strings.
+EXPERIMENT_DIR = "/etc/srum"
+SCRATCH_DIR = "/scratch"
+RDZV_PORT = 29500
+GPU_RESOURCE = "nvidia.com/gpu"
+RUN_AS_USER = 1000  # the `srum` user of docker/jobs.Dockerfile
+
+LABEL_EXPERIMENT = "srum.dev/experiment"
+LABEL_ROUND = "srum.dev/round"
+LABEL_STAGE = "srum.dev/stage"
+LABEL_COMPONENT = "srum.dev/component"  # "stage" for stage Jobs, "driver" for `srum orchestrate`
+ANNOTATION_SHA = "srum.dev/experiment-sha256"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+# Exit codes after which retrying cannot help: the whole Job fails at once instead of burning GPU hours.
+FAIL_FAST_EXIT_CODES = (exitcodes.USAGE, exitcodes.CONFIG_ERROR)
+
+# S3 credentials: keys of the existing Secret named by cluster.s3_secret (values never pass through here).
+S3_SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
+
+_MAX_NAME = 63
+
+
+class ClusterConfigError(ConfigError):
+    """The experiment cannot run on a cluster as written; the message names the field."""
+
+
+def experiment_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_name(name: str, what: str) -> str:
+    if len(name) > _MAX_NAME:
+        raise ClusterConfigError(f"{what} {name!r} is {len(name)} characters; Kubernetes allows {_MAX_NAME} "
+                                 "(shorten the experiment name or use a smaller round number)")
+    return name
+
+
+def job_name(experiment: str, round: int, stage: str) -> str:
+    if stage not in STAGE_ORDER:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ORDER)}")
+    # Indexed pods get the hostname <job>-<index>; the training rendezvous resolves <job>-0.<service>,
+    # so the Job name must leave room for the index suffix.
+    return _check_name(f"srum-{experiment}-r{round}-{stage}", "job name")
+
+
+def configmap_name(experiment: str, sha: str) -> str:
+    """Content-addressed: a changed experiment file gets a new ConfigMap, never edits one under running pods."""
+    return _check_name(f"srum-{experiment}-{sha[:10]}", "configmap name")
+
+
+def stage_shards(exp: Experiment, stage: str) -> int:
+    """How many completion markers (and Job completions) a stage has."""
+    return exp.prompts.num_shards if stage in SHARDED_STAGES else 1
+
+
+def experiment_key(source: str) -> str:
+    """The ConfigMap key (and file name in the pod) of an experiment file read from `source`."""
+    return "experiment.json" if source.lower().endswith(".json") else "experiment.yaml"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Everything that names one experiment round on the cluster."""
+
+    exp: Experiment
+    round: int
+    namespace: str
+    configmap: str
+    sha: str
+    key: str = "experiment.yaml"
+
+    @classmethod
+    def create(cls, exp: Experiment, text: str, round: int = 1, namespace: Optional[str] = None,
+               configmap: Optional[str] = None, source: str = "experiment.yaml") -> "RunRef":
+        if round < 1:
+            raise ClusterConfigError(f"round must be >= 1, got {round}")
+        sha = experiment_sha(text)
+        return cls(exp, round, namespace or exp.cluster.namespace, configmap or configmap_name(exp.name, sha), sha,
+                   experiment_key(source))
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{EXPERIMENT_DIR}/{self.key}"
+
+    def labels(self, stage: Optional[str] = None, component: str = "stage") -> Dict[str, str]:
+        out = {"app.kubernetes.io/name": "srum", "app.kubernetes.io/managed-by": "srum",
+               LABEL_EXPERIMENT: self.exp.name, LABEL_ROUND: str(self.round), LABEL_COMPONENT: component}
+        if stage:
+            out[LABEL_STAGE] = stage
+        return out
+
+    def selector(self, stage: Optional[str] = None, component: Optional[str] = "stage") -> str:
+        parts = [f"{LABEL_EXPERIMENT}={self.exp.name}", f"{LABEL_ROUND}={self.round}"]
+        if component:
+            parts.append(f"{LABEL_COMPONENT}={component}")
+        if stage:
+            parts.append(f"{LABEL_STAGE}={stage}")
+        return ",".join(parts)
+
+
+def check_cluster_ready(exp: Experiment) -> None:
+    """Refuse settings that only work on one machine, before any pod is started."""
+    if exp.storage.root.startswith("file://"):
+        raise ClusterConfigError(
+            f"storage.root is {exp.storage.root!r}: on a cluster every pod has its own file system, so stages "
+            "could not see each other's output; use s3://bucket/prefix")
+    if exp.judge.url is None:
+        raise ClusterConfigError(
+            "judge.url is not set: on a cluster the judge is a shared Triton endpoint (k8s/ deploys one, or the "
+            "Helm chart's triton.enabled); set judge.url to its gRPC address")
+    train = exp.cluster.train
+    if train.gpu > 0 and exp.training.nproc_per_node not in (1, train.gpu):
+        raise ClusterConfigError(
+            f"training.nproc_per_node ({exp.training.nproc_per_node}) must equal cluster.train.gpu ({train.gpu}): "
+            "one training process per GPU (leave it at 1 to follow cluster.train.gpu)")
+
+
+def _resources_config(exp: Experiment, stage: str) -> ResourcesConfig:
+    if stage in ("generate", "train", "eval"):
+        return getattr(exp.cluster, stage)
+    # The schema has no section for the CPU-only stages yet; a `cluster.rewards` / `cluster.report`
+    # section, when the schema grows one, is picked up here without further change.
+    return getattr(exp.cluster, stage, None) or ResourcesConfig(gpu=0)
+
+
+def _resources(res: ResourcesConfig) -> Dict[str, Any]:
+    amounts: Dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpu:
+        amounts[GPU_RESOURCE] = str(res.gpu)
+    # requests == limits: a Guaranteed pod is the last to be evicted under memory pressure.
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def pod_security_context() -> Dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> Dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def _env(ref: RunRef, indexed: bool) -> List[Dict[str, Any]]:
+    env: List[Dict[str, Any]] = []
+    if indexed:
+        # Declared explicitly (the Job controller would add it too) so `$(JOB_COMPLETION_INDEX)` in the
+        # command line is expanded by the kubelet: only variables the container spec defines are.
+        env.append({"name": "JOB_COMPLETION_INDEX",
+                    "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}})
+    env += [
+        {"name": "HOME", "value": SCRATCH_DIR},  # the root file system is read-only
+        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_DIR}/.cache"},
+        {"name": "MPLCONFIGDIR", "value": f"{SCRATCH_DIR}/.matplotlib"},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if ref.exp.storage.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": ref.exp.storage.region})
+    secret = ref.exp.cluster.s3_secret
+    if secret:
+        for key, optional in S3_SECRET_KEYS:
+            sel: Dict[str, Any] = {"name": secret, "key": key}
+            if optional:
+                sel["optional"] = True
+            env.append({"name": key, "valueFrom": {"secretKeyRef": sel}})
+    return env
+
+
+def _volumes(ref: RunRef, res: ResourcesConfig, shm: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    # A size limit on the scratch folder, once the schema has one (`scratch` in a resources section):
+    # without it the kubelet evicts only when the node's disk runs short.
+    scratch = getattr(res, "scratch", None)
+    volumes: List[Dict[str, Any]] = [
+        {"name": "experiment", "configMap": {"name": ref.configmap, "items": [{"key": ref.key, "path": ref.key}]}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": scratch} if scratch else {}},
+    ]
+    mounts: List[Dict[str, Any]] = [
+        {"name": "experiment", "mountPath": EXPERIMENT_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+        {"name": "scratch", "mountPath": "/tmp", "subPath": "tmp"},
+    ]
+    if shm:
+        # NCCL and DataLoader workers need more shared memory than the runtime's 64 MiB default;
+        # memory-backed, so it counts against (and is bounded by) the container's memory limit.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _pod_failure_policy() -> Dict[str, Any]:
+    return {"rules": [
+        # A bad experiment file fails the same way on every retry: stop the whole Job at once.
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": list(FAIL_FAST_EXIT_CODES)}},
+        # Preemption, eviction, node drain: not the pod's fault, not counted against the retry budget.
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        # Everything else (TEMPORARY=75, a crash, OOM, a lost node) counts and is retried up to the limit.
+    ]}
+
+
+def _pod_spec(ref: RunRef, stage: str, container: Dict[str, Any], res: ResourcesConfig, *, indexed: bool,
+              init: Optional[Dict[str, Any]] = None, subdomain: Optional[str] = None) -> Dict[str, Any]:
+    cl = ref.exp.cluster
+    volumes, mounts = _volumes(ref, res, shm=res.gpu > 0 or stage == "train")
+    env = _env(ref, indexed)
+
+    def make(c: Dict[str, Any], r: ResourcesConfig, *, with_secrets: bool = True) -> Dict[str, Any]:
+        out = {"name": c["name"], "image": cl.image, "imagePullPolicy": cl.image_pull_policy, "command": c["command"]}
+        if "ports" in c:
+            out["ports"] = c["ports"]
+        own_env = [dict(e) for e in env if with_secrets or "secretKeyRef" not in e.get("valueFrom", {})]
+        out.update({"env": copy.deepcopy(own_env), "resources": _resources(r), "volumeMounts": copy.deepcopy(mounts),
+                    "securityContext": container_security_context()})
+        return out
+
+    main = make(container, res)
+    spec: Dict[str, Any] = {
+        "restartPolicy": "Never",  # the Job controller retries; podFailurePolicy requires Never
+        "automountServiceAccountToken": False,  # stage pods never call the Kubernetes API
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [main],
+        "volumes": volumes,
+    }
+    if init is not None:
+        # the init container only reads the experiment file: no storage credentials
+        spec["initContainers"] = [make(init, ResourcesConfig(cpu="500m", memory="512Mi", gpu=0), with_secrets=False)]
+    if cl.service_account:
+        # A cloud identity (IRSA / workload identity) attaches to the service account; its token is
+        # projected by the identity webhook, independent of automountServiceAccountToken.
+        spec["serviceAccountName"] = cl.service_account
+    if cl.node_selector:
+        spec["nodeSelector"] = dict(cl.node_selector)
+    if cl.tolerations:
+        spec["tolerations"] = [dict(t) for t in cl.tolerations]
+    if subdomain:
+        spec["subdomain"] = subdomain
+    return spec
+
+
+def _job(ref: RunRef, stage: str, pod_spec: Dict[str, Any], *, completions: int, parallelism: int,
+         indexed: bool, backoff: Dict[str, int]) -> Dict[str, Any]:
+    cl = ref.exp.cluster
+    name = job_name(ref.exp.name, ref.round, stage)
+    labels = ref.labels(stage)
+    job_labels = dict(labels)
+    spec: Dict[str, Any] = {}
+    if indexed:
+        spec["completionMode"] = "Indexed"
+    spec.update({"completions": completions, "parallelism": min(parallelism, completions), **backoff,
+                 "podFailurePolicy": _pod_failure_policy(),
+                 "ttlSecondsAfterFinished": cl.ttl_seconds_after_finished})
+    if cl.queue_name:
+        # Kueue admits the Job against the team's quota by unsuspending it.
+        job_labels[KUEUE_QUEUE_LABEL] = cl.queue_name
+        spec["suspend"] = True
+    spec["template"] = {"metadata": {"labels": labels, "annotations": {ANNOTATION_SHA: ref.sha}}, "spec": pod_spec}
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": ref.namespace, "labels": job_labels,
+                         "annotations": {ANNOTATION_SHA: ref.sha}},
+            "spec": spec}
+
+
+def _stage_command(ref: RunRef, stage: str, sharded: bool) -> List[str]:
+    cmd = ["srum", "stage", stage, "--experiment", ref.experiment_path, "--round", str(ref.round)]
+    if sharded:
+        cmd += ["--shard", "$(JOB_COMPLETION_INDEX)", "--num-shards", str(stage_shards(ref.exp, stage))]
+    return cmd
+
+
+def sharded_stage_job(ref: RunRef, stage: str) -> Dict[str, Any]:
+    """generate / rewards / eval: one pod per prompt shard."""
+    if stage not in SHARDED_STAGES:
+        raise ValueError(f"{stage!r} is not a sharded stage ({', '.join(SHARDED_STAGES)})")
+    check_cluster_ready(ref.exp)
+    res = _resources_config(ref.exp, stage)
+    shards = stage_shards(ref.exp, stage)
+    pod = _pod_spec(ref, stage, {"name": "stage", "command": _stage_command(ref, stage, True)}, res, indexed=True)
+    return _job(ref, stage, pod, completions=shards, parallelism=ref.exp.cluster.generate_parallelism, indexed=True,
+                backoff={"backoffLimitPerIndex": ref.exp.cluster.backoff_limit_per_index})
+
+
+def report_job(ref: RunRef) -> Dict[str, Any]:
+    check_cluster_ready(ref.exp)
+    res = _resources_config(ref.exp, "report")
+    pod = _pod_spec(ref, "report", {"name": "stage", "command": _stage_command(ref, "report", False)}, res,
+                    indexed=False)
+    return _job(ref, "report", pod, completions=1, parallelism=1, indexed=False,
+                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index})
+
+
+def train_service_name(ref: RunRef) -> str:
+    return job_name(ref.exp.name, ref.round, "train")
+
+
+def train_service(ref: RunRef) -> Dict[str, Any]:
+    """Headless Service: gives every training pod the stable DNS name <job>-<index>.<service>."""
+    name = train_service_name(ref)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ref.namespace, "labels": ref.labels("train"),
+                         "annotations": {ANNOTATION_SHA: ref.sha}},
+            "spec": {"clusterIP": "None",
+                     # rendezvous happens before any readiness: publish addresses of pods not yet ready
+                     "publishNotReadyAddresses": True,
+                     "selector": {LABEL_EXPERIMENT: ref.exp.name, LABEL_ROUND: str(ref.round), LABEL_STAGE: "train"},
+                     "ports": [{"name": "c10d", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}]}}
+
+
+def train_command(ref: RunRef) -> List[str]:
+    tr, res = ref.exp.training, ref.exp.cluster.train
+    nproc = res.gpu if res.gpu > 0 else tr.nproc_per_node
+    name = job_name(ref.exp.name, ref.round, "train")
+    return ["torchrun", "--nnodes", str(tr.nnodes), "--nproc-per-node", str(nproc),
+            "--node-rank", "$(JOB_COMPLETION_INDEX)", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"{name}-0.{train_service_name(ref)}:{RDZV_PORT}",
+            "-m", "srum_jobs.stages.train", "--experiment", ref.experiment_path, "--round", str(ref.round)]
+
+
+def train_job(ref: RunRef) -> Dict[str, Any]:
+    """Multi-node torchrun: an Indexed Job with completions = parallelism = nnodes."""
+    check_cluster_ready(ref.exp)
+    nnodes = ref.exp.training.nnodes
+    container = {"name": "train", "command": train_command(ref),
+                 "ports": [{"name": "c10d", "containerPort": RDZV_PORT, "protocol": "TCP"}]}
+    # torchrun reports any worker failure as exit code 1, which would hide a configuration error (78)
+    # from the podFailurePolicy; validating the file first in an init container keeps fail-fast working.
+    init = {"name": "validate", "command": ["srum", "config", "validate", ref.experiment_path]}
+    pod = _pod_spec(ref, "train", container, ref.exp.cluster.train, indexed=True, init=init,
+                    subdomain=train_service_name(ref))
+    # One worker's failure tears down the whole rendezvous, so every node restarts together: a Job-wide
+    # budget of `backoff_limit_per_index` incidents of nnodes failed pods each, not a per-index budget
+    # that would leave healthy indexes waiting for a peer that will never come back.
+    return _job(ref, "train", pod, completions=nnodes, parallelism=nnodes, indexed=True,
+                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index * nnodes})
+
+
+def stage_objects(ref: RunRef, stage: str) -> List[Dict[str, Any]]:
+    """The objects one stage submits, in creation order."""
+    if stage in SHARDED_STAGES:
+        return [sharded_stage_job(ref, stage)]
+    if stage == "train":
+        return [train_service(ref), train_job(ref)]
+    if stage == "report":
+        return [report_job(ref)]
+    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ORDER)}")
+
+
+def experiment_configmap(ref: RunRef, text: str) -> Dict[str, Any]:
+    """The experiment file, as the pods will read it. Immutable: content-addressed by its name."""
+    if experiment_sha(text) != ref.sha:
+        raise ValueError("the experiment text does not match the RunRef it was loaded for")
+    labels = ref.labels(component="experiment")
+    labels.pop(LABEL_ROUND)  # one ConfigMap serves every round of the same file
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": ref.configmap, "namespace": ref.namespace, "labels": labels,
+                         "annotations": {ANNOTATION_SHA: ref.sha}},
+            "immutable": True,
+            "data": {ref.key: text}}
+
+
+def all_objects(ref: RunRef, text: str, stages=STAGE_ORDER, *, with_configmap: bool = True) -> List[Dict[str, Any]]:
+    out = [experiment_configmap(ref, text)] if with_configmap else []
+    for stage in stages:
+        out += stage_objects(ref, stage)
+    return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for multi-line strings (the experiment file stays readable) and no YAML aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str_representer(dumper: Any, data: str) -> Any:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(objects: List[Dict[str, Any]]) -> str:
+    """Objects as one multi-document YAML stream (what --dry-run prints and `kubectl apply -f` reads)."""
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+def pod_specs(obj: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Every pod spec inside an object (Job, Deployment, ...) or [] for objects without pods."""
+    kind = obj.get("kind")
+    if kind in ("Job", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+        return [obj["spec"]["template"]["spec"]]
+    if kind == "CronJob":
+        return [obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
+    if kind == "Pod":
+        return [obj["spec"]]
+    return []
