@@ -468,7 +468,7 @@ class RunLayout:
     <experiment>/round-<r>/candidates/shard-<i>/<pid>/<k>.png
     <experiment>/round-<r>/judgments/shard-<i>/items/<pid>-<k>.json   one record per candidate, as it finishes
     <experiment>/round-<r>/judgments/shard-<i>/records.jsonl          the shard's records, written at completion
-    <experiment>/round-<r>/rewards/shard-<i>/<pid>-<k>.npy            reward map (+ .sha256)
+    <experiment>/round-<r>/rewards/shard-<i>/<pid>-<k>.rmap           reward map (+ .sha256)
     <experiment>/round-<r>/checkpoints/step-<n>/...                   complete when manifest.json.sha256 exists
     <experiment>/round-<r>/eval/..., report/...
     <experiment>/round-<r>/markers/<stage>/shard-<i>.json             written last: the shard is done

@@ -1,0 +1,109 @@
+"""Stage 2, rewards: a dense reward map for every judged candidate, beside its record, plus a summary.
+
+Maps are stored in rewards.encode_map's exact, self-checking encoding (piecewise-constant cells, a few KB
+even at 1024x1024) with a checksum sidecar; the trainer pools them to the model's latent grid, which only
+the model knows. The summary counts what the trainer will not see and why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..config import Experiment
+from ..records import RewardRecord, read_records
+from ..rewards import encode_map, reward_map_from_record, training_filter
+from .common import StageContext
+from .generate import records_key
+from .progress import progress_bar
+
+
+def map_key(ctx: StageContext, shard: int, record: RewardRecord) -> str:
+    return ctx.layout.shard_prefix("rewards", shard) + f"{record.prompt_id}-{record.candidate_index}.rmap"
+
+
+def index_key(ctx: StageContext, shard: int) -> str:
+    return ctx.layout.shard_prefix("rewards", shard) + "index.jsonl"
+
+
+def shard_records(ctx: StageContext, shard: int) -> List[RewardRecord]:
+    key = records_key(ctx, shard)
+    return list(read_records(ctx.store.get_text(key, verify=True), RewardRecord, source=ctx.store.uri_for(key)))
+
+
+def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Optional[int] = None, *,
+        progress: bool = True) -> Dict[str, Any]:
+    """Build maps for one generate shard, or for every generate shard when `shard` is None."""
+    ctx = StageContext.create(exp, round)
+    n = num_shards or exp.prompts.num_shards
+    shards = range(n) if shard is None else [shard]
+    missing = [s for s in shards if not ctx.layout.shard_done("generate", s)]
+    if missing:
+        raise RuntimeError(f"rewards: generate shards {missing} of round {round} are not complete; run generate first")
+    totals: Counter = Counter()
+    for s in shards:
+        if ctx.layout.shard_done("rewards", s):
+            ctx.say(f"rewards shard {s}: already complete")
+            totals.update({k: v for k, v in (ctx.layout.marker("rewards", s) or {}).items()
+                           if isinstance(v, int) and k not in ("shard", "round")})
+            continue
+        records = shard_records(ctx, s)
+        index = []
+        counts: Counter = Counter()
+        with progress_bar(len(records), f"reward maps shard {s}", "map", enabled=progress) as bar:
+            for rec in records:
+                use, reason = training_filter(rec, exp.reward)
+                entry = {"prompt_id": rec.prompt_id, "candidate_index": rec.candidate_index, "used": use,
+                         "prompt": rec.prompt, "category": rec.category, "image_key": rec.image_key,
+                         "reason": reason, "global_score": rec.global_judgment.score,
+                         "global_parsed": rec.global_judgment.parsed, "regions_parsed": rec.regions_parsed}
+                if use:
+                    rmap = reward_map_from_record(rec, exp.reward)
+                    key = map_key(ctx, s, rec)
+                    # idempotent: the same record always gives the same bytes, so a rerun rewrites identically
+                    payload = encode_map(rmap)
+                    ctx.store.put_bytes(key, payload, checksum=True)
+                    entry.update(map_key=key, alpha=float(rmap.alpha), skipped_boxes=int(rmap.skipped_boxes),
+                                 mean_reward=float(np.mean(rmap.pixels)))
+                    counts["used"] += 1
+                    counts["skipped_boxes"] += int(rmap.skipped_boxes)
+                else:
+                    counts[f"dropped_{reason}"] += 1
+                counts["records"] += 1
+                counts["global_unparsed"] += int(not rec.global_judgment.parsed)
+                counts["regions_unparsed"] += int(not rec.regions_parsed)
+                index.append(entry)
+                bar.update(1)
+        ctx.store.put_jsonl(index_key(ctx, s), index, checksum=True)
+        ctx.store.put_json(ctx.layout.shard_prefix("rewards", s) + "summary.json", _summary(index, counts))
+        ctx.layout.mark_done("rewards", s, **counts)
+        totals.update(counts)
+        ctx.say(f"rewards shard {s}: {dict(counts)}")
+    return dict(totals)
+
+
+def _summary(index: List[dict], counts: Counter) -> Dict[str, Any]:
+    scores = [e["global_score"] for e in index if e["global_score"] is not None]
+    hist, edges = np.histogram(scores, bins=20, range=(-1.0, 1.0)) if scores else (np.zeros(20), np.linspace(-1, 1, 21))
+    n = max(1, counts["records"])
+    return {"counts": dict(counts), "global_score_histogram": {"edges": edges.tolist(), "counts": hist.tolist()},
+            "share_unparsed": (counts["global_unparsed"]) / n,
+            "share_filtered": 1.0 - counts["used"] / n}
+
+
+def load_training_index(ctx: StageContext) -> List[dict]:
+    """Every used record of the round, across shards, in a fixed order (the trainer's data)."""
+    out = []
+    for s in range(ctx.exp.prompts.num_shards):
+        if not ctx.layout.shard_done("rewards", s):
+            raise RuntimeError(f"train: rewards shard {s} of round {ctx.round} is not complete")
+        key = index_key(ctx, s)
+        for line in ctx.store.get_text(key, verify=True).splitlines():
+            e = json.loads(line)
+            if e["used"]:
+                e["shard"] = s
+                out.append(e)
+    return out

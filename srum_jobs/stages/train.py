@@ -1,0 +1,226 @@
+"""Stage 3, train: reward-weighted flow matching under torchrun.
+
+    torchrun --nproc-per-node P [--nnodes N ...] -m srum_jobs.stages.train --experiment FILE --round R
+
+CPU: gloo, gradients averaged across processes by hooks. GPU: NCCL (FSDP for large adapters is the
+adapter's business through `model.trainable_parameters()`). Rank 0 owns storage writes. Data order is a
+seeded permutation per epoch, so "data position" is one integer: the number of samples consumed. A
+restart resumes from the last *complete* checkpoint (model, optimiser, scheduler, EMA, data position,
+RNG) and the loss curve continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..config import Experiment
+from ..rewards import decode_map
+from .common import StageContext, load_round_model
+from .progress import _secs, progress_bar
+from .rewards import load_training_index
+
+
+# ------------------------------------------------------------------------------------------------ dist
+def _dist_setup() -> tuple:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return rank, world
+
+
+def _average_gradients_with_hooks(params: List[torch.nn.Parameter], world: int) -> None:
+    """All-reduce each gradient as soon as it is accumulated (the shared train_step then clips and steps
+    on averaged gradients, exactly as a single process with the global batch would)."""
+    def hook(p: torch.Tensor) -> None:
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(world)
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(hook)
+
+
+def _broadcast_params(params: List[torch.nn.Parameter]) -> None:
+    for p in params:
+        torch.distributed.broadcast(p.data, src=0)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n: int, seed: int, position: int, global_batch: int) -> List[int]:
+    """The next `global_batch` sample indices from data position `position` (epochs roll over)."""
+    out = []
+    while len(out) < global_batch:
+        epoch, offset = divmod(position, n)
+        order = _order(n, seed, epoch)
+        take = min(global_batch - len(out), n - offset)
+        out.extend(order[offset:offset + take].tolist())
+        position += take
+    return out
+
+
+def _load_batch(ctx: StageContext, entries: List[dict]):
+    from PIL import Image
+
+    images, maps, alphas = [], [], []
+    for e in entries:
+        img = Image.open(io.BytesIO(ctx.store.get_bytes(e["image_key"]))).convert("RGB")
+        images.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+        rmap = decode_map(ctx.store.get_bytes(e["map_key"], verify=True))
+        maps.append(torch.from_numpy(np.asarray(rmap.pixels, dtype=np.float32)))
+        alphas.append(float(rmap.alpha))
+    return torch.stack(images), [e["prompt"] for e in entries], torch.stack(maps), torch.tensor(alphas)
+
+
+# ------------------------------------------------------------------------------------------------ state
+class _EMA:
+    def __init__(self, params: List[torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: List[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            s.lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, params: List[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s)
+
+
+def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]:
+    from ..training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from ..training.optim import build_optimizer, build_scheduler, train_step
+
+    rank, world = _dist_setup()
+    ctx = StageContext.create(exp, round)
+    tc = exp.training
+    if ctx.layout.shard_done("train", 0):
+        if rank == 0:
+            ctx.say("train: already complete")
+        return ctx.layout.marker("train", 0) or {}
+    torch.manual_seed(tc.seed + rank)
+    index = load_training_index(ctx)
+    if not index:
+        raise RuntimeError(f"train: round {round} has no usable reward records (all filtered); see the rewards summary")
+    model = load_round_model(ctx)
+    params = [p for p in model.trainable_parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, tc)
+    scheduler = build_scheduler(optimizer, tc)
+    ema = _EMA(params, tc.ema) if tc.ema else None
+    generator = torch.Generator().manual_seed(tc.seed * 1000 + rank)
+    start, position = 0, 0
+    resumed = latest_checkpoint(ctx.layout)
+    if resumed is not None:
+        state = load_checkpoint(ctx.layout, resumed)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        trainer = state["trainer"]
+        start, position = trainer["step"], trainer["position"]
+        generator.set_state(trainer["generators"][rank] if rank < len(trainer["generators"]) else generator.get_state())
+        torch.set_rng_state(trainer["torch_rng"])
+        if ema is not None and "ema" in state:
+            ema.shadow = state["ema"]
+        if rank == 0:
+            ctx.say(f"train: resuming from checkpoint step {resumed} (data position {position})")
+    if world > 1:
+        _broadcast_params(params)
+        _average_gradients_with_hooks(params, world)
+    global_batch = tc.batch_size * world
+    metrics: List[Dict[str, float]] = []
+    t0 = time.perf_counter()
+    with progress_bar(tc.steps, f"train r{round}", "step", initial=start, enabled=progress and rank == 0) as bar:
+        for step in range(start, tc.steps):
+            idx = batch_indices(len(index), tc.seed, position, global_batch)[rank::world]
+            images, prompts, maps, alphas = _load_batch(ctx, [index[i] for i in idx])
+            out = train_step(model, optimizer, scheduler, images, prompts, maps, alphas, tc,
+                             lambda_c=exp.reward.lambda_c, use_global=exp.reward.use_global, generator=generator)
+            if ema is not None:
+                ema.update(params)
+            position += global_batch
+            metrics.append({"step": step + 1, **{k: float(v) for k, v in out.items()}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
+            last = step + 1 == tc.steps
+            if (step + 1) % tc.save_every == 0 or last:
+                gens = [generator.get_state()]
+                if world > 1:  # every rank's generator state, so each resumes its own stream
+                    gathered: List[Any] = [None] * world
+                    torch.distributed.all_gather_object(gathered, generator.get_state())
+                    gens = gathered
+                if rank == 0:
+                    parts = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(),
+                             "trainer": {"step": step + 1, "position": position, "generators": gens,
+                                         "torch_rng": torch.get_rng_state()}}
+                    if ema is not None:
+                        parts["ema"] = ema.shadow
+                        if last:  # the round's result: the model with EMA weights
+                            raw = [p.detach().clone() for p in params]
+                            ema.copy_to(params)
+                            parts["ema_model"] = {k: v.clone() for k, v in model.state_dict().items()}
+                            with torch.no_grad():
+                                for p, r in zip(params, raw):
+                                    p.copy_(r)
+                    # the loss curve of this interval travels with the checkpoint: a resume never duplicates it
+                    ctx.store.put_jsonl(ctx.layout.key("train", f"metrics-{step + 1:07d}.jsonl"), metrics)
+                    save_checkpoint(ctx.layout, step + 1, parts, meta={"world_size": world})
+                metrics = []
+                if world > 1:
+                    torch.distributed.barrier()
+    summary = {"final_step": tc.steps, "ema": bool(ema), "steps": tc.steps, "world_size": world, "records": len(index),
+               "wall_s": _secs(time.perf_counter() - t0)}
+    if rank == 0:
+        ctx.layout.mark_done("train", 0, **summary)
+        ctx.say(f"train: done {json.dumps(summary)}")
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def load_metrics(ctx: StageContext) -> List[Dict[str, float]]:
+    """The loss curve, in step order, from the per-checkpoint metric files."""
+    rows: List[Dict[str, float]] = []
+    for key in ctx.store.list(ctx.layout.key("train") + "/"):
+        if key.rsplit("/", 1)[-1].startswith("metrics-"):
+            rows.extend(json.loads(line) for line in ctx.store.get_text(key).splitlines() if line)
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point for `torchrun -m srum_jobs.stages.train`."""
+    import argparse
+
+    from .. import exitcodes
+    from ..config import ConfigError, load_experiment
+
+    ap = argparse.ArgumentParser(prog="srum_jobs.stages.train")
+    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--round", type=int, default=1)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        exp = load_experiment(args.experiment)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(exitcodes.CONFIG_ERROR)
+    run(exp, args.round, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()
