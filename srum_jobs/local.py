@@ -153,6 +153,7 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, w
     from .stages.common import StageContext
 
     exp = parse_experiment(exp_data)
+    workdir.mkdir(parents=True, exist_ok=True)
     ctx = StageContext.create(exp, 1)
     lease = Lease(ctx.store, ctx.layout.lease_key)
     lease.acquire()
