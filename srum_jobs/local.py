@@ -171,10 +171,9 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, w
 
             ensure_base(exp.model.params.get("preset", "demo"))  # once, here, not in every child
         if exp.judge.url is None and "generate" in stages:
-            from .judging.server import LocalTritonServer, local_models
+            from .judging.server import LocalTritonServer, models_for_judge_config
 
-            server = LocalTritonServer(local_models(exp.judge.backend, exp.judge.backend_params,
-                                                    exp.judge.boxer_backend), run_dir=workdir / "triton")
+            server = LocalTritonServer(models_for_judge_config(exp.judge), run_dir=workdir / "triton")
             server.start()
             exp_data = json.loads(json.dumps(exp_data))
             exp_data.setdefault("judge", {})["url"] = server.grpc_url

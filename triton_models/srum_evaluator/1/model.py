@@ -1,0 +1,1 @@
+../../srum_judge/1/model.py
