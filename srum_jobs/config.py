@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # strict: "5" is not an int, "yes" is not a bool; forbid: a typo in a key is an error, not a silent default.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=False, allow_inf_nan=False)
 
 
 class StorageConfig(_Section):
@@ -269,9 +269,11 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"experiment file not found: {p}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"experiment file {p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read experiment file {p}: {e.strerror}") from None
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_yaml_loader())
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
         raise ConfigError(f"experiment file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
     return parse_experiment(data, str(p))
 
@@ -280,7 +282,11 @@ def dump_experiment(exp: Experiment) -> str:
     """Every field, defaults filled in, as YAML (what `srum config show` prints)."""
     import yaml
 
-    return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in _yaml_loader().yaml_implicit_resolvers.items()}
+    return yaml.dump(exp.model_dump(mode="json"), Dumper=Dumper, sort_keys=False)
 
 
 def json_schema() -> Dict[str, Any]:

@@ -64,6 +64,8 @@ def parse_prompts(text: str, fmt: str = "auto", source: str = "<prompts>") -> Li
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise PromptError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            raise PromptError(f"{source}: not valid JSON (line 1: {e})") from None
         if not isinstance(data, list):
             raise PromptError(f"{source}: a T2I-CompBench file is a JSON list, got {type(data).__name__}")
         for i, row in enumerate(data):
@@ -83,6 +85,8 @@ def parse_prompts(text: str, fmt: str = "auto", source: str = "<prompts>") -> Li
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise PromptError(f"{source}: {where}: not valid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:
+                raise PromptError(f"{source}: {where}: not valid JSON ({e})") from None
             if not isinstance(row, dict):
                 raise PromptError(f"{source}: {where}: must be a JSON object")
             if "prompt" not in row:

@@ -20,7 +20,7 @@ class RecordError(ValueError):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     KIND: ClassVar[str] = ""
 
     def to_json_line(self) -> str:
@@ -144,12 +144,16 @@ def parse_record(line: str, expect: Optional[Type[R]] = None, *, source: str = "
         data = json.loads(line)
     except json.JSONDecodeError as e:
         raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise RecordError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise RecordError(f"{where}: a record must be a JSON object")
     kind = data.pop("kind", None)
     version = data.pop("v", None)
     if kind is None:
         raise RecordError(f"{where}: field 'kind' is missing")
+    if not isinstance(kind, str):
+        raise RecordError(f"{where}: field 'kind' must be a string")
     if version != RECORD_VERSION:
         raise RecordError(f"{where}: field 'v' is {version!r}; this version reads records of version {RECORD_VERSION}")
     cls = RECORD_TYPES.get(kind)

@@ -87,7 +87,10 @@ def check_boxes(boxes: Any, height: int, width: int) -> CheckedBoxes:
         xyxy = boxes.astype(np.float64, copy=False)
         ok = np.ones(len(xyxy), dtype=bool)
     else:
-        items = list(boxes) if boxes is not None else []
+        try:
+            items = list(boxes) if boxes is not None else []
+        except TypeError:
+            raise RewardMapError(f"boxes must be a sequence of [x0, y0, x1, y1], got {type(boxes).__name__}") from None
         xyxy = np.zeros((len(items), 4), dtype=np.float64)
         ok = np.zeros(len(items), dtype=bool)
         for i, b in enumerate(items):
@@ -191,9 +194,22 @@ class RewardMap:
         return self.pooled(grid).reshape(-1)
 
 
+def _score(s: Any, what: str) -> float:
+    """A score in [-1, 1] or None (no score: NaN here); anything else is the caller's error."""
+    if s is None:
+        return math.nan
+    if isinstance(s, (bool, np.bool_, str, bytes)):
+        raise RewardMapError(f"{what} is {s!r}, not a number or None")
+    try:
+        return float(s)
+    except (TypeError, ValueError, OverflowError):
+        raise RewardMapError(f"{what} is {s!r}, not a number or None") from None
+
+
 def _global_factor(g: Optional[float]) -> float:
     """(g + 1) / 2 for a global score in [-1, 1]; a missing score counts as neutral (0)."""
-    g = 0.0 if g is None or not math.isfinite(float(g)) else min(1.0, max(-1.0, float(g)))
+    g = _score(g, "the global score")
+    g = 0.0 if not math.isfinite(g) else min(1.0, max(-1.0, g))
     return (g + 1.0) / 2.0
 
 
@@ -204,23 +220,32 @@ def build_reward_map(boxes: Any, scores: Sequence[Optional[float]], global_score
     score), and the global score."""
     if mode not in MODES:
         raise RewardMapError(f"reward mode {mode!r} is not one of {MODES}")
-    height, width = int(height), int(width)
+    try:
+        height, width = int(height), int(width)
+    except (TypeError, ValueError, OverflowError):
+        raise RewardMapError(f"image size must be two integers, got {width!r}x{height!r}") from None
     if height < 1 or width < 1:
         raise RewardMapError(f"image size must be positive, got {width}x{height}")
     full_y = np.array([0, height], dtype=np.int64)
     full_x = np.array([0, width], dtype=np.int64)
 
     if mode == "sparse":
-        g = global_score if global_score is not None and math.isfinite(float(global_score)) else None
+        g = _score(global_score, "the global score")
+        g = g if math.isfinite(g) else None
         value = 1.0 if (g is not None and g > sparse_threshold) else 0.0
         return RewardMap(mode, height, width, full_y, full_x, np.full((1, 1), value, np.float32), alpha=1.0)
 
-    box_list = list(boxes) if not isinstance(boxes, np.ndarray) else boxes
+    try:
+        box_list = list(boxes) if not isinstance(boxes, np.ndarray) else boxes
+    except TypeError:
+        raise RewardMapError(f"boxes must be a sequence of [x0, y0, x1, y1], got {type(boxes).__name__}") from None
+    if scores is None or isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__"):
+        raise RewardMapError(f"scores must be a sequence (one per box), got {type(scores).__name__}")
     if len(scores) != len(box_list):
         raise RewardMapError(f"{len(box_list)} boxes but {len(scores)} scores")
     checked = check_boxes(box_list, height, width)
     skipped = dict(checked.skipped)
-    s_all = np.array([np.nan if s is None else float(s) for s in scores], dtype=np.float64)
+    s_all = np.array([_score(s, f"score {i}") for i, s in enumerate(scores)], dtype=np.float64)
     s = s_all[checked.index]
     scored = np.isfinite(s)
     skipped["unscored"] += int((~scored).sum())
@@ -317,8 +342,10 @@ def decode_map(data: bytes, *, source: str = "<bytes>") -> RewardMap:
     (hlen,) = struct.unpack("<I", stream.read(4))
     try:
         header = json.loads(stream.read(hlen).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise RewardMapError(f"{source}: reward map header unreadable: {e}") from None
+    if not isinstance(header, dict):
+        raise RewardMapError(f"{source}: reward map header is not a JSON object")
     if header.get("v") != _FORMAT_VERSION:
         raise RewardMapError(f"{source}: reward map format version {header.get('v')!r}, expected {_FORMAT_VERSION}")
     try:
@@ -328,11 +355,16 @@ def decode_map(data: bytes, *, source: str = "<bytes>") -> RewardMap:
         vals = np.frombuffer(stream.read(), dtype="<f4")
         if ny < 2 or nx < 2 or len(y) != ny or len(x) != nx or vals.size != (ny - 1) * (nx - 1):
             raise RewardMapError(f"{source}: reward map arrays do not match their header")
-        return RewardMap(header["mode"], int(header["height"]), int(header["width"]), y, x,
-                         vals.reshape(ny - 1, nx - 1).astype(np.float32), alpha=float(header["alpha"]),
+        mode, height, width, alpha = header["mode"], int(header["height"]), int(header["width"]), float(header["alpha"])
+        if (mode not in MODES or height < 1 or width < 1 or y[0] != 0 or y[-1] != height or x[0] != 0
+                or x[-1] != width or (np.diff(y) <= 0).any() or (np.diff(x) <= 0).any()
+                or not np.isfinite(vals).all() or not math.isfinite(alpha)):
+            raise RewardMapError(f"{source}: reward map is inconsistent (mode, size, edges or values)")
+        return RewardMap(mode, height, width, y, x,
+                         vals.reshape(ny - 1, nx - 1).astype(np.float32), alpha=alpha,
                          boxes_used=int(header["boxes_used"]),
                          skipped={k: int(v) for k, v in header["skipped"].items()})
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         if isinstance(e, RewardMapError):
             raise
         raise RewardMapError(f"{source}: reward map header lacks or garbles a field: {e!r}") from None

@@ -195,7 +195,7 @@ class ObjectStore:
         try:
             img = Image.open(io.BytesIO(data))
             img.load()
-        except (UnidentifiedImageError, OSError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
             raise StorageError(f"{self.uri_for(key)} is not a readable image: {e}") from None
         return img
 
@@ -328,11 +328,16 @@ class S3Store(ObjectStore):
         # Credentials: the standard chain only (environment, mounted profile, pod identity), never the file.
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+            config=Config(retries={"total_max_attempts": max_attempts, "mode": "standard"},
                           connect_timeout=10, read_timeout=120))
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold_mb << 20,
                                        multipart_chunksize=max(8, multipart_threshold_mb // 4) << 20)
         self.max_attempts = max_attempts
+        import logging
+
+        for name in ("botocore.auth", "botocore.endpoint"):   # DEBUG records carry the session token
+            lg = logging.getLogger(name)
+            lg.setLevel(max(lg.level, logging.INFO))
 
     def _k(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

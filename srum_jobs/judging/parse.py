@@ -367,7 +367,7 @@ def parse_regions(text: Any, n: int) -> RegionsParse:
     Never raises on any `text`; `n` is the caller's own count and must be at most MAX_REGIONS."""
     try:
         n = int(n)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         n = 0
     if n > MAX_REGIONS:
         raise ValueError(f"parse_regions: {n} regions requested; at most {MAX_REGIONS} are supported")

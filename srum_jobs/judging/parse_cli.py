@@ -36,6 +36,8 @@ def _jsonl_line(line: str, lineno: int, source: str) -> dict:
         item = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(item, dict):
         raise ValueError(f"{where}: each line must be a JSON object")
     kind = item.get("kind")

@@ -59,5 +59,5 @@ def load_checkpoint(layout: RunLayout, step: int, parts: Optional[list] = None) 
 
         if sha256_hex(data) != digest:
             raise StorageError(f"{layout.store.uri_for(prefix + fname)} does not match its manifest")
-        out[name] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        out[name] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     return out
