@@ -427,7 +427,7 @@ class TritonTransport:
                                f"{_status_name(last)}: {_message(last)}")
 
     # ---- cache
-    async def _cache_get(self, digest: str) -> Optional[Dict[str, Any]]:
+    async def _cache_get(self, digest: str, required: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
         if self.cache_store is None:
             return None
         key = self.cache_key(digest)
@@ -439,6 +439,9 @@ class TritonTransport:
             return None
         if not isinstance(entry, dict) or entry.get("digest") != digest:
             log.warning("judge cache entry %s does not match its key; judging again", key)
+            return None
+        if any(field not in entry for field in required):  # an entry from an older or foreign writer
+            log.warning("judge cache entry %s lacks %s; judging again", key, [f for f in required if f not in entry])
             return None
         return entry
 
@@ -459,8 +462,8 @@ class TritonTransport:
         request = {"instruction_sha256": sha256_hex(instruction.encode("utf-8")), **asdict(params)}
         digest = cache_digest("judge", self.judge_model, self._versions.get(self.judge_model, self.judge_version),
                               sha256_hex(image_png), request)
-        hit = await self._cache_get(digest)
-        if hit is not None:
+        hit = await self._cache_get(digest, ("text",))
+        if hit is not None and isinstance(hit["text"], str):
             self.stats.cache_hits += 1
             return JudgeReply(text=hit["text"], think_text=hit.get("think_text", ""))
         if self.cache_store is not None:
@@ -495,7 +498,7 @@ class TritonTransport:
         request = asdict(options)
         digest = cache_digest("boxes", self.boxer_model, self._versions.get(self.boxer_model, self.boxer_version),
                               sha256_hex(image_png), request)
-        hit = await self._cache_get(digest)
+        hit = await self._cache_get(digest, ("boxes", "areas", "confidence"))
         if hit is not None:
             self.stats.cache_hits += 1
             return _proposal(hit["boxes"], hit["areas"], hit["confidence"])

@@ -58,6 +58,7 @@ def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Op
                 use, reason = training_filter(rec, exp.reward)
                 entry = {"prompt_id": rec.prompt_id, "candidate_index": rec.candidate_index, "used": use,
                          "prompt": rec.prompt, "category": rec.category, "image_key": rec.image_key,
+                         "image_sha256": rec.image_sha256,
                          "reason": reason, "global_score": rec.global_judgment.score,
                          "global_parsed": rec.global_judgment.parsed, "regions_parsed": rec.regions_parsed}
                 if use:

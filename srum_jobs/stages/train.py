@@ -74,9 +74,14 @@ def batch_indices(n: int, seed: int, position: int, global_batch: int) -> List[i
 def _load_batch(ctx: StageContext, entries: List[dict]):
     from PIL import Image
 
+    from ..storage import ChecksumMismatch, sha256_hex
+
     images, maps, alphas = [], [], []
     for e in entries:
-        img = Image.open(io.BytesIO(ctx.store.get_bytes(e["image_key"]))).convert("RGB")
+        data = ctx.store.get_bytes(e["image_key"])
+        if sha256_hex(data) != e["image_sha256"]:  # the image its judgment was made on, or nothing
+            raise ChecksumMismatch(f"{ctx.store.uri_for(e['image_key'])} does not match its reward record's sha256")
+        img = Image.open(io.BytesIO(data)).convert("RGB")
         images.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
         rmap = decode_map(ctx.store.get_bytes(e["map_key"], verify=True))
         maps.append(torch.from_numpy(np.asarray(rmap.pixels, dtype=np.float32)))
