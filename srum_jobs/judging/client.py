@@ -2,8 +2,8 @@
 
 - at most `max_in_flight` requests on the wire at once, each with its own deadline (`timeout_s`), which is
   also sent to the server as the request's queue timeout so it never computes for a client that gave up;
-- UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried with jittered exponential backoff (a
-  restarting server, a full queue); INVALID_ARGUMENT and every other status fail at once: retrying a
+- UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and CANCELLED are retried with jittered exponential
+  backoff (a restarting server, a full queue, a server cancelling what it held when it shut down); INVALID_ARGUMENT and every other status fail at once: retrying a
   corrupt image or an empty instruction cannot help;
 - `start()` checks that the endpoint is a ready Triton server serving the models, and says plainly what is
   wrong otherwise (nothing listening, an HTTP port given for the gRPC one, a missing model);
@@ -38,7 +38,9 @@ from .protocols import BoxOptions, BoxProposal, JudgeParams, JudgeReply
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+# CANCELLED too: a server shutting down (a rolling restart) cancels the requests it holds. A cancellation
+# of our own surfaces as asyncio.CancelledError instead, so retrying this status is always the server's case.
+RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"})
 CACHE_VERSION = 1
 
 
