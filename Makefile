@@ -13,12 +13,17 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 
+# Bagel's modelling code comes from NVIDIA NeMo AutoModel, installed without its dependencies: with them
+# it would replace the project's transformers and add about 2 GB it does not need for the Bagel module.
+NEMO := nemo-automodel==0.7.0
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(NEMO)
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

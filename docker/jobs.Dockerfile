@@ -17,7 +17,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/srum
 COPY pyproject.toml README.md ./
 COPY srum_jobs ./srum_jobs
+# nemo-automodel (Bagel's modelling code) without its dependencies: they would replace transformers.
+# For Bagel inference pass a flash-attn build matching the base image's torch and CUDA in EXTRA_PIP.
 RUN pip install ".[models]" \
+ && pip install --no-deps nemo-automodel==0.7.0 \
  && if [ -n "${EXTRA_PIP}" ]; then pip install ${EXTRA_PIP}; fi \
  && srum --help > /dev/null
 

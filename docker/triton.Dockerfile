@@ -21,6 +21,7 @@ COPY pyproject.toml README.md ./
 COPY srum_jobs ./srum_jobs
 RUN pip install ${TORCH_SPEC} \
  && pip install ".[models]" \
+ && pip install --no-deps nemo-automodel==0.7.0 \
  && if [ -n "${EXTRA_PIP}" ]; then pip install ${EXTRA_PIP}; fi
 
 COPY triton_models /models

@@ -132,6 +132,13 @@ class TritonInstall:
         # The stub embeds libpython in isolated mode (PYTHONPATH is ignored) and finds its prefix, hence the
         # venv's site-packages with srum_jobs installed in it, through `python3` on PATH.
         prepend("PATH", str(Path(sys.executable).parent))
+        # The stub links the system's libpython of the same minor version; when this interpreter has its own
+        # (pyenv, a venv from a newer patch release), its C extensions (ssl, via transformers) need that one.
+        import sysconfig
+
+        libdir = sysconfig.get_config_var("LIBDIR")
+        if libdir and Path(libdir, f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0").exists():
+            prepend("LD_LIBRARY_PATH", libdir)
         return env
 
 

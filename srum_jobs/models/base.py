@@ -62,6 +62,8 @@ class UnifiedModel(Protocol):
 # adapter never breaks another, and `srum --help` imports none of them.
 MODEL_ADAPTERS: Dict[str, str] = {
     "toy": "srum_jobs.models.toy.model:load_toy_model",
+    "bagel": "srum_jobs.models.bagel:load_bagel_model",
+    "diffusers": "srum_jobs.models.diffusers_flow:load_diffusers_model",
 }
 
 

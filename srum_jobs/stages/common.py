@@ -63,13 +63,15 @@ def trained_step(ctx: StageContext, round: int) -> Optional[int]:
     return None if marker is None else int(marker["final_step"])
 
 
-def load_round_model(ctx: StageContext, *, trained_round: Optional[int] = None) -> Any:
+def load_round_model(ctx: StageContext, *, trained_round: Optional[int] = None,
+                     extra_params: Optional[dict] = None) -> Any:
     """The base model with the weights a round starts from: round 1 = base, round r = round r-1's result.
     `trained_round` instead loads that round's final trained weights (eval)."""
     from ..models.base import load_model
     from ..training.checkpoint import load_checkpoint
 
-    model = load_model(ctx.exp.model.adapter, dict(ctx.exp.model.params), ctx.exp.model.checkpoint)
+    model = load_model(ctx.exp.model.adapter, {**ctx.exp.model.params, **(extra_params or {})},
+                       ctx.exp.model.checkpoint)
     source_round = trained_round if trained_round is not None else ctx.round - 1
     if source_round >= 1:
         step = trained_step(ctx, source_round)

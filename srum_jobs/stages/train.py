@@ -106,8 +106,17 @@ class _EMA:
             p.copy_(s)
 
 
+def _parallel_params(exp: Experiment) -> Dict[str, str]:
+    """Training-only adapter parameters from the training section (adapters that shard themselves)."""
+    if exp.model.adapter != "bagel":
+        return {}
+    tc = exp.training
+    return {"fsdp": ("hybrid" if tc.nnodes > 1 else "full") if tc.fsdp else "off",
+            "activation_checkpointing": str(tc.activation_checkpointing).lower()}
+
+
 def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]:
-    from ..training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from ..training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_part
     from ..training.optim import build_optimizer, build_scheduler, train_step
 
     rank, world = _dist_setup()
@@ -121,18 +130,26 @@ def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]
     index = load_training_index(ctx)
     if not index:
         raise RuntimeError(f"train: round {round} has no usable reward records (all filtered); see the rewards summary")
-    model = load_round_model(ctx)
+    model = load_round_model(ctx, extra_params=_parallel_params(exp))
+    # an adapter that shards itself (FSDP) reduces its own gradients; the hooks below are for plain replicas
+    self_parallel = bool(getattr(model, "handles_data_parallel", False))
     params = [p for p in model.trainable_parameters() if p.requires_grad]
     optimizer = build_optimizer(params, tc)
     scheduler = build_scheduler(optimizer, tc)
+    if tc.ema and self_parallel:
+        raise ValueError("training.ema is not supported with an adapter that shards itself (training.fsdp)")
     ema = _EMA(params, tc.ema) if tc.ema else None
     generator = torch.Generator().manual_seed(tc.seed * 1000 + rank)
     start, position = 0, 0
     resumed = latest_checkpoint(ctx.layout)
     if resumed is not None:
-        state = load_checkpoint(ctx.layout, resumed)
+        opt_part = f"optimizer-rank{rank}" if self_parallel else "optimizer"
+        state = load_checkpoint(ctx.layout, resumed, parts=["model", opt_part, "scheduler", "trainer", "ema"])
+        if state["manifest"].get("world_size", world) != world and self_parallel:
+            raise RuntimeError(f"train: checkpoint step {resumed} was written by {state['manifest']['world_size']} "
+                               f"sharded processes; resume it with the same number, not {world}")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state[opt_part])
         scheduler.load_state_dict(state["scheduler"])
         trainer = state["trainer"]
         start, position = trainer["step"], trainer["position"]
@@ -142,7 +159,7 @@ def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]
             ema.shadow = state["ema"]
         if rank == 0:
             ctx.say(f"train: resuming from checkpoint step {resumed} (data position {position})")
-    if world > 1:
+    if world > 1 and not self_parallel:
         _broadcast_params(params)
         _average_gradients_with_hooks(params, world)
     global_batch = tc.batch_size * world
@@ -167,8 +184,18 @@ def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]
                     gathered: List[Any] = [None] * world
                     torch.distributed.all_gather_object(gathered, generator.get_state())
                     gens = gathered
+                # under FSDP state_dict() is a collective (every rank calls it, rank 0 gets the tensors), and
+                # each rank's optimizer state is its own shard: every rank uploads its part, rank 0 lists them
+                model_state = model.state_dict() if (rank == 0 or self_parallel) else None
+                uploaded: Dict[str, str] = {}
+                if self_parallel:
+                    name = f"optimizer-rank{rank}"
+                    digests: List[Any] = [None] * world
+                    torch.distributed.all_gather_object(
+                        digests, (name, save_part(ctx.layout, step + 1, name, optimizer.state_dict())))
+                    uploaded = dict(digests)
                 if rank == 0:
-                    parts = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    parts = {"model": model_state, "optimizer": None if self_parallel else optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(),
                              "trainer": {"step": step + 1, "position": position, "generators": gens,
                                          "torch_rng": torch.get_rng_state()}}
@@ -183,7 +210,8 @@ def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]
                                     p.copy_(r)
                     # the loss curve of this interval travels with the checkpoint: a resume never duplicates it
                     ctx.store.put_jsonl(ctx.layout.key("train", f"metrics-{step + 1:07d}.jsonl"), metrics)
-                    save_checkpoint(ctx.layout, step + 1, parts, meta={"world_size": world})
+                    parts = {k: v for k, v in parts.items() if v is not None}
+                    save_checkpoint(ctx.layout, step + 1, parts, meta={"world_size": world}, uploaded=uploaded)
                 metrics = []
                 if world > 1:
                     torch.distributed.barrier()

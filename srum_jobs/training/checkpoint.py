@@ -19,22 +19,30 @@ from ..storage import RunLayout, StorageError
 FORMAT = 1
 
 
-def save_checkpoint(layout: RunLayout, step: int, parts: Dict[str, Any], meta: Optional[Dict[str, Any]] = None,
-                    scratch: Optional[Path] = None) -> str:
-    """Upload `parts` (name -> torch-serialisable object) as one checkpoint; returns its prefix."""
+def save_part(layout: RunLayout, step: int, name: str, obj: Any, scratch: Optional[Path] = None) -> str:
+    """Upload one part of a checkpoint (any rank may, e.g. its optimizer shard); returns its sha256.
+    Invisible until a manifest that lists it is written."""
     prefix = layout.checkpoint_prefix(step)
-    files = {}
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    if scratch is not None and len(data) > (64 << 20):   # big: stream from disk, multipart on S3
+        path = Path(scratch) / f"{name}.pt"
+        path.write_bytes(data)
+        digest = layout.store.put_file(prefix + f"{name}.pt", path)
+        path.unlink()
+        return digest
+    return layout.store.put_bytes(prefix + f"{name}.pt", data, checksum=True)
+
+
+def save_checkpoint(layout: RunLayout, step: int, parts: Dict[str, Any], meta: Optional[Dict[str, Any]] = None,
+                    scratch: Optional[Path] = None, uploaded: Optional[Dict[str, str]] = None) -> str:
+    """Upload `parts` (name -> torch-serialisable object) as one checkpoint, listing also parts other ranks
+    `uploaded` already (name -> sha256); returns its prefix."""
+    prefix = layout.checkpoint_prefix(step)
+    files = {f"{name}.pt": digest for name, digest in (uploaded or {}).items()}
     for name, obj in parts.items():
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        data = buf.getvalue()
-        if scratch is not None and len(data) > (64 << 20):   # big: stream from disk, multipart on S3
-            path = Path(scratch) / f"{name}.pt"
-            path.write_bytes(data)
-            files[f"{name}.pt"] = layout.store.put_file(prefix + f"{name}.pt", path)
-            path.unlink()
-        else:
-            files[f"{name}.pt"] = layout.store.put_bytes(prefix + f"{name}.pt", data, checksum=True)
+        files[f"{name}.pt"] = save_part(layout, step, name, obj, scratch)
     manifest = {"format": FORMAT, "step": step, "files": files, "saved_at": time.time(), **(meta or {})}
     layout.store.put_json(prefix + "manifest.json", manifest, checksum=True)   # last: marks it complete
     return prefix

@@ -1,0 +1,170 @@
+"""`ToyModel`: the toy world's unified model behind the `UnifiedModel` protocol (models/base.py).
+
+- generation: FlowUNet, Euler sampling of the rectified flow from t = 1 (noise) to t = 0 with
+  classifier-free guidance; each image's noise comes from its own seed, so an image depends only on
+  (weights, prompt, seed, steps, guidance), never on the batch it was generated in;
+- understanding: the judge side (judge.py: PerceptionNet + the symbolic reading of the prompt);
+- training_forward: the flow-matching forward in pixel space. Tokens are the pixels of the 32x32 image in
+  row-major order (grid (32, 32), 3 channels each), so a reward map at image resolution is already on the
+  token grid.
+
+Only the generator trains (`trainable_parameters`, `state_dict`, `load_state_dict` cover it): the
+understanding side is the fixed judge of the base checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ...judging.protocols import JudgeParams
+from ..base import FlowOutput, GeneratedImage
+from . import world
+
+_KNOWN_PARAMS = ("preset", "threads", "batch_size")
+
+
+class ToyModel:
+    name = "toy"
+    supports_think = False
+
+    def __init__(self, generator: torch.nn.Module, perception: torch.nn.Module, *, checkpoint: Optional[Path] = None,
+                 batch_size: int = 64):
+        from .judge import ToyUnderstanding
+
+        self.generator = generator
+        self.understanding = ToyUnderstanding(perception)
+        self.checkpoint = checkpoint
+        self.batch_size = batch_size
+        self.resolution = world.CANVAS
+
+    # ------------------------------------------------------------------------------------ generation
+    def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        out = []
+        for s in seeds:
+            g = torch.Generator().manual_seed(int(s) & 0x7FFFFFFFFFFFFFFF)
+            out.append(torch.randn(3, self.resolution, self.resolution, generator=g))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance: float = 2.0) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1]: Euler steps of dx/dt = v from t = 1 to 0, CFG on the velocity."""
+        net = self.generator
+        was_training = net.training
+        net.eval()
+        try:
+            x = self._noise(seeds)
+            b = x.shape[0]
+            use_cfg = guidance != 1.0
+            cond = net.encode_text(list(prompts) + ([""] * b if use_cfg else []), x.device)
+            ts = torch.linspace(1.0, 0.0, steps + 1)
+            for i in range(steps):
+                t = torch.full((b,), float(ts[i]))
+                if use_cfg:
+                    v = net(torch.cat([x, x]), torch.cat([t, t]), cond)
+                    vc, vu = v[:b], v[b:]
+                    v = vu + guidance * (vc - vu)
+                else:
+                    v = net(x, t, cond)
+                x = x + (ts[i + 1] - ts[i]) * v
+            return x.clamp(-1.0, 1.0)
+        finally:
+            net.train(was_training)
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, think: bool = False, steps: int = 20,
+                 guidance: float = 2.0, resolution: Optional[int] = None) -> List[GeneratedImage]:
+        if len(prompts) != len(seeds):
+            raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
+        if resolution is not None and int(resolution) != self.resolution:
+            raise ValueError(f"generation.resolution {resolution} is not the toy model's canvas ({self.resolution}); "
+                             f"set it to {self.resolution}")
+        if steps < 1:
+            raise ValueError(f"generation.steps must be >= 1, got {steps}")
+        out: List[GeneratedImage] = []
+        for i in range(0, len(prompts), self.batch_size):
+            x = self.sample(prompts[i:i + self.batch_size], seeds[i:i + self.batch_size], steps, guidance)
+            arr = ((x.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+            out += [GeneratedImage(world.to_pil(a), int(s)) for a, s in zip(arr, seeds[i:i + self.batch_size])]
+        return out
+
+    # --------------------------------------------------------------------------------- understanding
+    def understand(self, images: Sequence[Any], instructions: Sequence[str], *, max_new_tokens: int = 256,
+                   temperature: float = 0.0, think: bool = False) -> List[Tuple[str, str]]:
+        replies = self.understanding.answer(images, instructions, JudgeParams(max_new_tokens=max_new_tokens,
+                                                                               temperature=temperature, think=think))
+        return [(r.text, r.think_text) for r in replies]
+
+    # -------------------------------------------------------------------------------------- training
+    def training_forward(self, images: torch.Tensor, prompts: Sequence[str], t: torch.Tensor,
+                         generator: Optional[torch.Generator] = None) -> FlowOutput:
+        if images.dim() != 4 or images.shape[1:] != (3, self.resolution, self.resolution):
+            raise ValueError(f"training_forward: images must be (B, 3, {self.resolution}, {self.resolution}), "
+                             f"got {tuple(images.shape)}")
+        b = images.shape[0]
+        if len(prompts) != b or t.shape != (b,):
+            raise ValueError(f"training_forward: {b} images, {len(prompts)} prompts, t of shape {tuple(t.shape)}")
+        x0 = images.float()
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        tt = t.to(x0.device).float()[:, None, None, None]
+        xt = (1.0 - tt) * x0 + tt * eps
+        v = self.generator(xt, t.to(x0.device).float(), self.generator.encode_text(list(prompts), x0.device))
+        target = eps - x0
+        h, w = x0.shape[2:]
+
+        def tokens(z: torch.Tensor) -> torch.Tensor:   # (B, C, H, W) -> (B, H*W, C), row-major pixels
+            return z.permute(0, 2, 3, 1).reshape(b, h * w, z.shape[1])
+
+        return FlowOutput(v=tokens(v), target=tokens(target), grid=(int(h), int(w)))
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        return self.generator.parameters()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.generator.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> Any:
+        return self.generator.load_state_dict({k: v.float() if torch.is_floating_point(v) else v
+                                               for k, v in state.items()})
+
+    def train(self, mode: bool = True) -> "ToyModel":
+        self.generator.train(mode)
+        return self
+
+    def eval(self) -> "ToyModel":
+        return self.train(False)
+
+
+def load_toy_model(params: Optional[Mapping[str, Any]] = None, checkpoint: Optional[str] = None) -> ToyModel:
+    """The registry factory (models/base.py MODEL_ADAPTERS["toy"]).
+
+    params: `preset` (test | demo, default demo: which base model ensure_base builds or finds),
+    `threads` (torch CPU threads), `batch_size` (generation batch). checkpoint: a toy checkpoint directory
+    (local path or file://) to load instead of the preset's base."""
+    from .pretrain import PRESETS, ensure_base, load_generator, load_perception
+
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(_KNOWN_PARAMS))
+    if unknown:
+        raise ValueError(f"model.params: unknown key(s) {unknown} for the toy model; known: {', '.join(_KNOWN_PARAMS)}")
+    if params.get("threads") is not None:
+        torch.set_num_threads(max(1, int(params["threads"])))
+    if checkpoint:
+        if str(checkpoint).startswith("s3://"):
+            raise ValueError(f"model.checkpoint {checkpoint}: the toy model loads local checkpoint directories only")
+        d = Path(str(checkpoint).removeprefix("file://"))
+        if not (d / "generator.pt").is_file():
+            raise ValueError(f"model.checkpoint {d} is not a toy checkpoint directory (no generator.pt)")
+    else:
+        preset = str(params.get("preset", "demo"))
+        if preset not in PRESETS:
+            raise ValueError(f"model.params.preset {preset!r} is not one of {sorted(PRESETS)}")
+        d = ensure_base(preset)
+    batch = int(params.get("batch_size", 64))
+    if batch < 1:
+        raise ValueError(f"model.params.batch_size must be >= 1, got {batch}")
+    model = ToyModel(load_generator(d), load_perception(d), checkpoint=d, batch_size=batch)
+    model.generator.train()
+    return model
