@@ -48,7 +48,7 @@ def test_workload_arithmetic(exp):
 def test_generation_cost_is_the_stated_flop_arithmetic(exp):
     c = make_plan(exp, 8)["costs"]["generate_s_per_image"]
     prof, hw, g = MODEL_PROFILES["bagel"], HARDWARE, exp.generation
-    tokens = (min(g.resolution // 16, exp.model.params["max_latent_size"])) ** 2
+    tokens = (min(g.resolution // 16, exp.model.params.get("max_latent_size", g.resolution // 16))) ** 2
     per_pass = 2 * prof["active_params_b"] * 1e9 * tokens + 4 * prof["layers"] * tokens ** 2 * prof["hidden"]
     flops = g.steps * 2 * per_pass
     think = 300 * (prof["weights_gb"] * 1e9 / 2 / (hw["hbm_tb_per_s"] * 1e12 * hw["decode_efficiency"])) / g.batch_size

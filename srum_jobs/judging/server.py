@@ -127,11 +127,6 @@ class TritonInstall:
         def prepend(key: str, value: str) -> None:
             env[key] = value + (os.pathsep + env[key] if env.get(key) else "")
 
-        # The copied stub lost its rpath to the bundled libraries (libcudart...).
-        prepend("LD_LIBRARY_PATH", str(self.libs_dir))
-        # The stub embeds libpython in isolated mode (PYTHONPATH is ignored) and finds its prefix, hence the
-        # venv's site-packages with srum_jobs installed in it, through `python3` on PATH.
-        prepend("PATH", str(Path(sys.executable).parent))
         # The stub links the system's libpython of the same minor version; when this interpreter has its own
         # (pyenv, a venv from a newer patch release), its C extensions (ssl, via transformers) need that one.
         import sysconfig
@@ -139,6 +134,11 @@ class TritonInstall:
         libdir = sysconfig.get_config_var("LIBDIR")
         if libdir and Path(libdir, f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0").exists():
             prepend("LD_LIBRARY_PATH", libdir)
+        # The copied stub lost its rpath to the bundled libraries (libcudart...): those come first.
+        prepend("LD_LIBRARY_PATH", str(self.libs_dir))
+        # The stub embeds libpython in isolated mode (PYTHONPATH is ignored) and finds its prefix, hence the
+        # venv's site-packages with srum_jobs installed in it, through `python3` on PATH.
+        prepend("PATH", str(Path(sys.executable).parent))
         return env
 
 

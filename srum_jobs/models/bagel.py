@@ -71,7 +71,12 @@ def _nemo() -> Any:
     """NeMo AutoModel's Bagel modules, imported on first use with an install hint when missing."""
     import importlib
 
+    from PIL import ImageFile
+
     base = "nemo_automodel.components."
+    # NeMo's dataset modules set PIL's process-wide LOAD_TRUNCATED_IMAGES on import, which would make every
+    # image decoder of this process accept truncated files: keep the setting we had.
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         # full module paths: NeMo's lazy `components.models` package hides the real import error otherwise
         mods = [importlib.import_module(base + m) for m in (
@@ -79,6 +84,8 @@ def _nemo() -> Any:
             "models.bagel.state_dict_adapter", "datasets.multimodal.utils")]
     except ModuleNotFoundError as e:
         raise ParamError(f"{WHAT}: NeMo AutoModel's Bagel cannot be imported ({e}); {INSTALL_HINT}") from e
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
     bagel_pkg, qwen, siglip, sd_adapter, data_utils = mods
 
     class N:
@@ -260,7 +267,12 @@ class BagelModel:
         self._pos_ids = (n.data.get_flattened_position_ids_interpolate if self.config.interpolate_pos
                          else n.data.get_flattened_position_ids_extrapolate)
         if self.config.visual_und:
+            from PIL import ImageFile
+
+            truncated = ImageFile.LOAD_TRUNCATED_IMAGES
             from nemo_automodel.components.datasets.multimodal.transforms import ImageTransform
+
+            ImageFile.LOAD_TRUNCATED_IMAGES = truncated  # see _nemo()
 
             side = self.config.vit_patch_size * self.config.vit_max_num_patch_per_side
             vmax = vit_max or min(980, side)
