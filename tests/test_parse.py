@@ -265,9 +265,11 @@ _SP = " " * 20000
 ])
 def test_no_catastrophic_backtracking(text):
     """Judge output is outside data: a long run of spaces or brackets must not make a regex go quadratic."""
+    # the quadratic regex this guards against took 97 s on 100 kB; a linear parse takes milliseconds, so a
+    # generous bound stays meaningful on a loaded CI machine
     t0 = time.perf_counter()
     parse_global(text), parse_regions(text, 5), parse_verify(text)
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < 5.0
 
 
 # --------------------------------------------------------------------------------------------- CLI
