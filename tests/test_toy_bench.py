@@ -85,7 +85,7 @@ def test_toy_pretrain_cli_rebuilds_the_preset(monkeypatch, tmp_path):
     monkeypatch.setenv("SRUM_CACHE_DIR", str(tmp_path))
     res = CliRunner().invoke(toy_group, ["pretrain", "--preset", "test", "--threads", "1"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output[res.output.index("{"):])
+    out = json.loads(res.stdout)  # logs go to stderr; click mixes both into .output
     assert out["path"] == str(pt.cache_dir("test")) and pt.is_complete(pt.cache_dir("test"))
     bad = CliRunner().invoke(toy_group, ["pretrain", "--preset", "huge"])
     assert bad.exit_code != 0 and "huge" in bad.output
