@@ -287,11 +287,20 @@ def prompt_set(split: str, seed: int = PROMPT_SEED) -> Tuple[ToyPrompt, ...]:
 
 
 def toy_prompts(split: str) -> list:
-    """The prompt set of a split as `records.Prompt` (what `toy://train|val|eval` resolves to)."""
+    """The prompt set of a split as `records.Prompt` (what `toy://train|val|eval` resolves to), with the
+    categories interleaved round-robin, so that the first N prompts (`prompts.limit`) and every shard
+    (index % num_shards) cover all categories rather than the first one alone."""
     from ...records import Prompt
 
+    by_cat: Dict[str, List[ToyPrompt]] = {}
+    for p in prompt_set(split):
+        by_cat.setdefault(p.category, []).append(p)
+    queues = [by_cat[c] for c in CATEGORIES if c in by_cat]
+    ordered: List[ToyPrompt] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        ordered += [q[depth] for q in queues if depth < len(q)]
     return [Prompt(id=f"toy-{split}-{i:05d}", text=p.text, category=p.category, index=i)
-            for i, p in enumerate(prompt_set(split))]
+            for i, p in enumerate(ordered)]
 
 
 @lru_cache(maxsize=64)
