@@ -6,7 +6,11 @@
 3. wall time per phase of one `srum run --preset test`-sized round.
 
 Real parts: a real local tritonserver (toy judge + components boxer), the toy model, file:// storage.
-Usage: python benchmarks/bench_pipeline.py [--items 64] [--preset test|demo] [--skip-train]
+Usage: python benchmarks/bench_pipeline.py [--items 64] [--preset test|demo] [--threads 1] [--skip-train]
+
+--threads sets torch's CPU threads of the generator and of the judge server's backend each (default 1:
+on a 2-core machine one core per side, as generation and judging have their own GPUs on a cluster;
+letting both take every core oversubscribes the CPU and measures the contention, not the overlap).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=64, help="candidates in the overlap measurement")
     ap.add_argument("--preset", default="test")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the generator and of the judge each")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
 
@@ -43,15 +48,16 @@ def main() -> None:
     data["prompts"]["limit"] = max(1, args.items // data["generation"]["candidates_per_prompt"])
     data["prompts"]["num_shards"] = 1
     data["judge"]["cache"] = False  # measure the judge, not the cache
-    results = {"preset": args.preset}
-    with LocalTritonServer(local_models("toy", {"preset": args.preset}, "components"), run_dir=tmp / "triton") as server:
+    results = {"preset": args.preset, "threads_per_side": args.threads}
+    judge_params = {"preset": args.preset, "threads": str(args.threads)}
+    with LocalTritonServer(local_models("toy", judge_params, "components"), run_dir=tmp / "triton") as server:
         data["judge"]["url"] = server.grpc_url
         exp = parse_experiment(data)
         ctx = StageContext.create(exp, 1)
         prompts = round_prompts(ctx)
         K = exp.generation.candidates_per_prompt
         items = [(p, k) for p in prompts for k in range(K)]
-        model = load_model("toy", dict(exp.model.params))
+        model = load_model("toy", {**exp.model.params, "threads": args.threads})
         g = exp.generation
 
         # (a) generation only

@@ -127,6 +127,9 @@ class RewardConfig(_Section):
     use_global: bool = True
     sparse_threshold: float = Field(0.0, ge=-1, le=1, description="sparse mode: reward 1 if global score > this")
     drop_zero_global: bool = Field(True, description="reference pipeline drops records whose global score is exactly 0")
+    min_global_score: Optional[float] = Field(None, ge=-1, le=1,
+                                              description="also drop records whose global score is <= this "
+                                                          "(None: keep them; the reward map down-weights them)")
     drop_unparsed: bool = True
 
     @field_validator("neutral_band", "severe_band")

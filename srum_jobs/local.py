@@ -9,6 +9,7 @@ same experiment from writing at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,16 +166,26 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, w
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    phases: Dict[str, float] = {}     # wall seconds per phase, printed at the end of the run
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        t0 = time.perf_counter()
+        yield
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
     try:
         if exp.model.adapter == "toy":
             from .models.toy.pretrain import ensure_base
 
-            ensure_base(exp.model.params.get("preset", "demo"))  # once, here, not in every child
+            with phase("base model (pretrain or cache)"):
+                ensure_base(exp.model.params.get("preset", "demo"))  # once, here, not in every child
         if exp.judge.url is None and "generate" in stages:
             from .judging.server import LocalTritonServer, models_for_judge_config
 
             server = LocalTritonServer(models_for_judge_config(exp.judge), run_dir=workdir / "triton")
-            server.start()
+            with phase("judge server start"):
+                server.start()
             exp_data = json.loads(json.dumps(exp_data))
             exp_data.setdefault("judge", {})["url"] = server.grpc_url
             click.echo(f"local Triton judge server ready at {server.grpc_url} (log: {server.log_path})", err=True)
@@ -185,23 +196,30 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, w
         for r in range(1, rounds + 1):
             rr = ["--round", str(r)]
             if "generate" in stages:
-                for shard in range(exp.prompts.num_shards):
-                    children.run(_srum() + ["stage", "generate"] + base + rr +
-                                 ["--shard", str(shard), "--num-shards", str(exp.prompts.num_shards)], env)
+                with phase("generate"):
+                    for shard in range(exp.prompts.num_shards):
+                        children.run(_srum() + ["stage", "generate"] + base + rr +
+                                     ["--shard", str(shard), "--num-shards", str(exp.prompts.num_shards)], env)
             if "rewards" in stages:
-                children.run(_srum() + ["stage", "rewards"] + base + rr, env)
+                with phase("rewards"):
+                    children.run(_srum() + ["stage", "rewards"] + base + rr, env)
             if "train" in stages:
                 n = nproc or exp.training.nproc_per_node
-                children.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc-per-node={n}", "-m", "srum_jobs.stages.train"] + base + rr,
-                             dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n))))
+                with phase("train"):
+                    children.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc-per-node={n}", "-m", "srum_jobs.stages.train"] + base + rr,
+                                 dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n))))
             if "eval" in stages:
-                children.run(_srum() + ["stage", "eval"] + base + rr, env)
+                with phase("eval"):
+                    children.run(_srum() + ["stage", "eval"] + base + rr, env)
             if "report" in stages:
-                children.run(_srum() + ["stage", "report"] + base + rr, env)
+                with phase("report"):
+                    children.run(_srum() + ["stage", "report"] + base + rr, env)
         from .stages.report import headline
 
-        return headline(StageContext.create(parse_experiment(exp_data), rounds))
+        out = headline(StageContext.create(parse_experiment(exp_data), rounds))
+        out["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
+        return out
     except KeyboardInterrupt:
         click.echo("\ninterrupted: stopping every child process; rerun the same command to resume", err=True)
         children.kill_all()
@@ -270,5 +288,8 @@ def run_command(experiment, preset, rounds, stages, out, nproc, no_progress):
     except KeyboardInterrupt:
         sys.exit(130)
     click.echo(f"\ndone in {time.time() - t0:.0f} s")
+    phases = summary.get("phases_s", {})
+    if phases:
+        click.echo("phases (wall s, all rounds): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
     for line in summary.get("lines", []):
         click.echo(line)

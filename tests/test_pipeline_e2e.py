@@ -66,6 +66,9 @@ def test_srum_run_cli_on_local_files(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-4000:]
     assert "base" in first.stdout and "report:" in first.stdout
+    phases = next(line for line in first.stdout.splitlines() if line.startswith("phases (wall s"))
+    for name in ("generate", "rewards", "train", "eval", "report"):
+        assert f" {name} " in phases + " ", phases
     exp = parse_experiment(default_experiment("test", f"file://{out}"))
     _check_artifacts(StageContext.create(exp, 1))
     before = _snapshot(out)

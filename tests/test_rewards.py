@@ -228,6 +228,10 @@ def test_decode_rejects_corruption_naming_the_source():
     ({"drop_zero_global": False}, {"g": 0.0}, True, None),
     ({"drop_unparsed": False}, {"g_parsed": False, "g": 0.3}, True, None),
     ({"drop_unparsed": False}, {"g_parsed": False, "g": 0.0}, True, None),   # unparsed default is not "a zero"
+    ({"min_global_score": 0.0}, {"g": -0.3}, False, "low_global"),
+    ({"min_global_score": 0.0}, {"g": 0.3}, True, None),
+    ({"min_global_score": 0.3}, {"g": 0.3}, False, "low_global"),              # "<= floor" is dropped
+    ({"min_global_score": 0.0, "drop_unparsed": False}, {"g_parsed": False, "g": 0.0}, True, None),
 ])
 def test_training_filter(kw, rec_kw, use, reason):
     assert training_filter(_record([], **rec_kw), RewardConfig(**kw)) == (use, reason)

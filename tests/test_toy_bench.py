@@ -20,7 +20,7 @@ def _check_method(r):
 
 
 def test_bench_cli_writes_the_json_shape_of_the_issue(tmp_path):
-    from srum_jobs.models.toy.commands import bench_group
+    from srum_jobs.bench_cli import bench_group
 
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(bench_group, ["toy", "--preset", "test", "--ablations", "--seeds", "2", "--json",

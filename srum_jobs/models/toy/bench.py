@@ -56,7 +56,7 @@ class RoundConfig:
     ema: Optional[float] = None       # EMA decay of the fine-tuned weights (evaluated with EMA when set)
     timestep_shift: float = 1.0       # the toy generator was pretrained with shift 1 (pixel space, 32x32)
     lambda_c: float = 0.5
-    min_global: Optional[float] = None   # also drop records whose global score is <= this (None: reference filter only)
+    min_global: Optional[float] = None   # reward.min_global_score: also drop records whose global score is <= this
     max_regions: int = 5
     verify_boxes: bool = True
     eval_per_category: Optional[int] = None   # None: the whole split
@@ -67,7 +67,7 @@ class RoundConfig:
 ROUNDS: Dict[str, RoundConfig] = {
     "test": RoundConfig(train_prompts=5, candidates=2, euler_steps=2, steps=2, batch=4, lr=1e-4, warmup=1,
                         eval_per_category=1),
-    "demo": RoundConfig(),
+    "demo": RoundConfig(euler_steps=10),
 }
 
 
@@ -150,7 +150,7 @@ class Bench:
 
         mode = {"srum_sparse": "sparse", "srum_signed": "signed"}.get(method, "reference")
         return RewardConfig(mode=mode, lambda_c=self.cfg.lambda_c, max_regions=self.cfg.max_regions,
-                            use_global=(method != "srum_no_global"))
+                            use_global=(method != "srum_no_global"), min_global_score=self.cfg.min_global)
 
     def training_config(self, method: str, seed: int):
         from ...config import TrainingConfig
@@ -216,17 +216,12 @@ class Bench:
         return _to_tensor(images), records
 
     def select(self, records: Sequence[Any]) -> List[int]:
-        """Indices of the records every method trains on: the reference filter of the srum reward config,
-        then min_global."""
+        """Indices of the records every method trains on: the training filter of the srum reward config
+        (the same rewards.training_filter the pipeline's train stage applies)."""
         from ...rewards import training_filter
 
         rc = self.reward_config("srum")
-        keep = []
-        for i, r in enumerate(records):
-            use, _ = training_filter(r, rc)
-            if use and (self.cfg.min_global is None or (r.global_judgment.score or 0.0) > self.cfg.min_global):
-                keep.append(i)
-        return keep
+        return [i for i, r in enumerate(records) if training_filter(r, rc)[0]]
 
     def maps(self, method: str, records: Sequence[Any]):
         """(reward maps (N, 32, 32), alphas (N,), lambda_c, use_global) of a method."""
@@ -278,11 +273,25 @@ class Bench:
         return {"loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}
 
 
+def candidate_agreement(images, records: Sequence[Any]) -> Tuple[float, float]:
+    """(benchmark accuracy of the candidates, share of candidates whose recorded global judgment is
+    positive exactly when the evaluator accepts the image)."""
+    from .evaluator import evaluate_image
+
+    arr = ((images.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+    oks = [bool(evaluate_image(a, r.prompt)) for a, r in zip(arr, records)]
+    agree = [bool(r.global_judgment.parsed and ((r.global_judgment.score or 0.0) > 0) == ok)
+             for ok, r in zip(oks, records)]
+    return float(np.mean(oks)), float(np.mean(agree))
+
+
 def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int]) -> Dict[str, Any]:
-    """Every method for every seed: {"per_seed": {method: [scores...]}, "agreement": [...], "records": ...}."""
+    """Every method for every seed: {"per_seed": {method: [scores...]}, "agreement": [...], "kept": [...],
+    "candidates": [(accuracy, judge agreement) per seed]}."""
     per_seed: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     agree: List[bool] = []
     kept: List[int] = []
+    cand_stats: List[Tuple[float, float]] = []
     for seed in seeds:
         bench.model.load_state_dict(bench.base_state)
         base, images, oks = bench.evaluate(seed)
@@ -293,6 +302,7 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int]) -> D
         if not trained:
             continue
         all_images, records = bench.candidates(seed)
+        cand_stats.append(candidate_agreement(all_images, records))
         keep = bench.select(records)
         kept.append(len(keep))
         if not keep:
@@ -305,7 +315,7 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int]) -> D
             scores, _, _ = bench.evaluate(seed)
             per_seed[m].append(scores)
             bench.log(f"seed {seed}: {m} {scores['overall']:.3f} (loss {info['loss_first']:.4f} -> {info['loss_last']:.4f})")
-    return {"per_seed": dict(per_seed), "agreement": agree, "kept": kept}
+    return {"per_seed": dict(per_seed), "agreement": agree, "kept": kept, "candidates": cand_stats}
 
 
 def summarise(per_seed: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
@@ -339,6 +349,7 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
               "methods": {m: summarise(res["per_seed"])[m] for m in methods}}
     if details is not None:
         details.update({"phases_s": {k: round(v, 1) for k, v in bench.phases.items()}, "kept": res["kept"],
+                        "candidates_accuracy_and_agreement": res["candidates"],
                         "round": asdict(cfg), "eval_items": len(bench.eval_prompts) * cfg.eval_samples,
                         "per_seed": res["per_seed"], "total_s": round(time.perf_counter() - t0, 1)})
     return result

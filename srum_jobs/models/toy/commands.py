@@ -43,12 +43,7 @@ def pretrain_command(preset: str, threads: int, measure: bool, ship: bool) -> No
     click.echo(json.dumps(out, indent=1))
 
 
-@click.group("bench")
-def bench_group() -> None:
-    """Side-by-side measurements."""
-
-
-@bench_group.command("toy")
+@click.command("toy")
 @click.option("--preset", type=PRESET_CHOICES, default="demo", show_default=True)
 @click.option("--ablations", is_flag=True, help="also srum_no_global, srum_no_ref, srum_sparse, srum_signed")
 @click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True, help="independent rounds per method")

@@ -138,35 +138,35 @@ def _group(probs: np.ndarray, scale: Tuple[float, float]) -> Perceived:
 
     k, h, w = probs.shape
     cls = probs.argmax(0)
-    ncol = len(world.COLOR_NAMES)
     nshape = len(world.SHAPES)
-    # colour of each pixel's winning class: 1..ncol, 0 for background
-    colour_of = np.zeros(k, dtype=np.int64)
+    colour_of = np.zeros(k, dtype=np.int64)          # 1-based colour of each class, 0 for background
     for c in range(1, k):
-        col, _ = class_meaning(c)
-        colour_of[c] = world.COLOR_NAMES.index(col) + 1
+        colour_of[c] = world.COLOR_NAMES.index(class_meaning(c)[0]) + 1
     colours = colour_of[cls]
     labels, n = label_classes(colours)
     objects, specks = [], []
     if n:
         st = component_stats(labels, n)
-        flat_labels = labels.ravel()
-        flat_probs = probs.reshape(k, -1)
+        flat = labels.ravel()
+        # per component and class: the summed probability over the component's pixels
+        mass = np.stack([np.bincount(flat, weights=probs[c].ravel(), minlength=n + 1)[1:] for c in range(k)], 1)
+        present, first = np.unique(flat, return_index=True)
+        comp_colour = np.zeros(n, dtype=np.int64)        # colour index of components 1..n
+        fg = present > 0                                  # (no background label when objects fill the image)
+        comp_colour[present[fg] - 1] = colours.ravel()[first[fg]] - 1
         for i in range(n):
-            sel = flat_labels == i + 1
-            ci = int(colours.ravel()[sel][0]) - 1
-            color = world.COLOR_NAMES[ci]
-            # mass of this colour's three shapes and its blob class
+            ci = int(comp_colour[i])
+            # this colour's three shapes and its blob class
             idx = [1 + ci * nshape + s for s in range(nshape)] + [NUM_CLASSES + ci]
-            mass = flat_probs[idx][:, sel].sum(1)
-            best = int(mass.argmax())
-            share = float(mass[best] / max(mass.sum(), 1e-9))
+            m = mass[i, idx]
+            best = int(m.argmax())
+            share = float(m[best] / max(m.sum(), 1e-9))
             shape = world.SHAPES[best] if best < nshape and share >= UNCLEAR_SHARE else None
-            conf = float(flat_probs[idx[best]][sel].mean())
+            area = int(st["area"][i])
             x0, y0, x1, y1 = (int(v) for v in st["box"][i])
-            seen = Seen(i + 1, color, shape, int(st["area"][i]), (x0, y0, x1, y1),
-                        (float(st["centroid"][i][0]), float(st["centroid"][i][1])), conf)
-            (objects if seen.area >= MIN_OBJECT_AREA else specks).append(seen)
+            seen = Seen(i + 1, world.COLOR_NAMES[ci], shape, area, (x0, y0, x1, y1),
+                        (float(st["centroid"][i][0]), float(st["centroid"][i][1])), float(m[best] / area))
+            (objects if area >= MIN_OBJECT_AREA else specks).append(seen)
     return Perceived(objects, specks, labels, (h, w), scale)
 
 

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -34,22 +35,22 @@ import numpy as np
 
 from . import world
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 # Everything that decides the weights. Changing any value changes the hash, so the cache never hands out
 # weights built by another recipe.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "test": {
         "seed": 0,
-        "perception": {"width": 12, "steps": 150, "batch": 32, "lr": 3e-3},
-        "generator": {"channels": [16, 32, 64], "text_dim": 64, "text_layers": 1, "steps": 60, "batch": 16,
-                      "lr": 1e-3, "warmup": 10, "ema": 0.9, "p_uncond": 0.1},
+        "perception": {"width": 12, "steps": 100, "batch": 32, "lr": 3e-3},
+        "generator": {"channels": [16, 32, 64], "text_dim": 64, "text_layers": 1, "steps": 40, "batch": 16,
+                      "lr": 1e-3, "warmup": 10, "schedule": "constant", "ema": 0.9, "p_uncond": 0.1},
     },
     "demo": {
         "seed": 0,
-        "perception": {"width": 24, "steps": 1500, "batch": 64, "lr": 2e-3},
-        "generator": {"channels": [32, 64, 128], "text_dim": 128, "text_layers": 2, "steps": 1400, "batch": 64,
-                      "lr": 6e-4, "warmup": 100, "ema": 0.995, "p_uncond": 0.1},
+        "perception": {"width": 24, "steps": 800, "batch": 64, "lr": 2e-3},
+        "generator": {"channels": [32, 64, 128], "text_dim": 128, "text_layers": 2, "steps": 2100, "batch": 64,
+                      "lr": 1e-3, "warmup": 100, "schedule": "cosine", "ema": 0.995, "p_uncond": 0.1},
     },
 }
 
@@ -68,8 +69,11 @@ def preset_config(preset: str) -> Dict[str, Any]:
 
 
 def config_hash(preset: str) -> str:
+    # the training compositions are part of the recipe: a change of the prompt split is a new base
+    train = sorted(world.prompt_key(c) for cat in world.CATEGORIES for c in world.split_compositions("train", cat))
     body = json.dumps({"recipe": RECIPE_VERSION, "preset": preset, "config": preset_config(preset),
-                       "canvas": world.CANVAS, "vocab": _vocab()}, sort_keys=True)
+                       "canvas": world.CANVAS, "vocab": _vocab(),
+                       "train_contents": hashlib.sha256("\n".join(train).encode()).hexdigest()}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -290,7 +294,18 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema"])))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     steps, warm = int(cfg["steps"]), int(cfg["warmup"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warm)))
+    schedule = cfg.get("schedule", "constant")
+    if schedule not in ("constant", "cosine"):
+        raise PretrainError(f"generator schedule {schedule!r} is not constant or cosine")
+
+    def factor(s: int) -> float:
+        # linear warm-up; then constant, or a cosine decay to 5% of the peak at the last step
+        f = min(1.0, (s + 1) / max(1, warm))
+        if schedule == "cosine":
+            f *= 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / steps)))
+        return f
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     t0 = time.perf_counter()
     for step in range(steps):
         x0, prompts = generator_batch(rng, int(cfg["batch"]))

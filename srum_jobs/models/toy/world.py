@@ -220,14 +220,51 @@ def _unit(seed: int, *parts: object) -> float:
     return int.from_bytes(h[:8], "little") / 2.0 ** 64
 
 
+# Colours a young generator confuses most (blue/purple, green/cyan): a pair of them is harder to bind.
+_COOL = frozenset({"blue", "purple", "cyan", "green"})
+
+
+def _stratum(spec: PromptSpec) -> Tuple:
+    """What makes a composition hard, so that every split gets its share of each kind."""
+    colours = [o.color for o in spec.objects]
+    distinct = sorted(set(spec.objects))
+    return (len(spec.objects), len(distinct), spec.relation is not None,
+            len({o.color for o in distinct}) < len(distinct),          # two kinds share a colour
+            len({o.shape for o in distinct}) < len(distinct),          # two kinds share a shape
+            sum(c in _COOL for c in set(colours)) >= 2)
+
+
+@lru_cache(maxsize=4)
+def _split_table(seed: int) -> Dict[str, str]:
+    """content key -> split. Contents are grouped by difficulty stratum; within a stratum they are ranked by
+    a seeded hash and the first 30% go to eval, the next 20% to val, the rest to train. Stratifying keeps
+    the validation split (used to choose a round's settings) as hard as the evaluation split."""
+    strata: Dict[Tuple, set] = {}
+    for category in CATEGORIES:
+        for comp in _compositions(category):
+            spec = _comp_spec(*comp)
+            strata.setdefault(_stratum(spec), set()).add(spec.content_key())
+    table: Dict[str, str] = {}
+    for keys in strata.values():
+        ranked = sorted(keys, key=lambda k: _unit(seed, "split", k))
+        n = len(ranked)
+        for i, k in enumerate(ranked):
+            acc, split = 0.0, "train"
+            for name, share in _SPLIT_SHARES:
+                acc += share
+                if i < round(acc * n):
+                    split = name
+                    break
+            table[k] = split
+    return table
+
+
 def content_split(key: str, seed: int = PROMPT_SEED) -> str:
-    u = _unit(seed, "split", key)
-    acc = 0.0
-    for name, share in _SPLIT_SHARES:
-        acc += share
-        if u < acc:
-            return name
-    return "train"
+    """The split a composition (PromptSpec.content_key) belongs to."""
+    try:
+        return _split_table(seed)[key]
+    except KeyError:
+        raise ValueError(f"{key!r} is not the content key of a toy composition") from None
 
 
 @dataclass(frozen=True)
@@ -237,9 +274,18 @@ class ToyPrompt:
     spec: PromptSpec
 
 
-def _prompt_key(category: str, objs, counts, relation) -> str:
+def _comp_spec(objs, counts, relation) -> PromptSpec:
     spec_objs = tuple(sorted(o for o, n in zip(objs, counts) for _ in range(n)))
-    return PromptSpec(spec_objs, relation, tuple(objs) if relation else ()).content_key()
+    return PromptSpec(spec_objs, relation, tuple(objs) if relation else ())
+
+
+def prompt_key(comp) -> str:
+    """The content key of a composition (objects, counts, relation)."""
+    return _comp_spec(*comp).content_key()
+
+
+def _prompt_key(category: str, objs, counts, relation) -> str:
+    return _comp_spec(objs, counts, relation).content_key()
 
 
 def _wordings(category: str, comp, rng: np.random.Generator) -> List[str]:
