@@ -34,9 +34,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "prompts": {"source": "toy://train", "limit": 128, "num_shards": 2, "eval_source": "toy://eval",
                     "eval_limit": 200},
         "model": {"adapter": "toy", "params": {"preset": "demo"}},
-        "generation": {"candidates_per_prompt": 4, "steps": 20, "guidance": 2.0, "resolution": 32, "batch_size": 64},
-        "training": {"lr": 1e-4, "warmup_steps": 10, "steps": 150, "batch_size": 32, "save_every": 50,
-                     "ema": 0.99},
+        "generation": {"candidates_per_prompt": 4, "steps": 10, "guidance": 2.0, "resolution": 32, "batch_size": 64},
+        # the round `srum bench toy` uses (models/toy/bench.py ROUNDS["demo"], chosen on the validation split)
+        "reward": {"mode": "reference", "min_global_score": 0.0},
+        "training": {"lr": 1e-5, "warmup_steps": 10, "steps": 150, "batch_size": 32, "save_every": 50,
+                     "timestep_shift": 1.0},
     },
     "test": {
         "prompts": {"source": "toy://train", "limit": 12, "num_shards": 2, "eval_source": "toy://eval",

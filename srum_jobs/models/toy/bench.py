@@ -67,7 +67,10 @@ class RoundConfig:
 ROUNDS: Dict[str, RoundConfig] = {
     "test": RoundConfig(train_prompts=5, candidates=2, euler_steps=2, steps=2, batch=4, lr=1e-4, warmup=1,
                         eval_per_category=1),
-    "demo": RoundConfig(euler_steps=10),
+    # Chosen on the validation split (2 sweeps, see the project notes): every setting tried lowered the val
+    # accuracy of the base; keeping only records the judge scored above 0 and a small learning rate lowered
+    # it least among settings that still move the weights measurably.
+    "demo": RoundConfig(euler_steps=10, steps=150, lr=1e-5, warmup=10, min_global=0.0),
 }
 
 

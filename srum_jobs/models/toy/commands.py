@@ -59,8 +59,13 @@ def bench_toy_command(preset: str, ablations: bool, seeds: int, json_path: str |
     from .bench import format_table, run_bench
 
     torch.set_num_threads(threads)
-    result = run_bench(preset, ablations=ablations, seeds=seeds, log=lambda m: click.echo(m, err=True))
+    details: dict = {}
+    result = run_bench(preset, ablations=ablations, seeds=seeds, log=lambda m: click.echo(m, err=True),
+                       details=details)
     click.echo(format_table(result))
+    click.echo(f"phases (s): {details['phases_s']}, total {details['total_s']} s; records kept for training per "
+               f"seed: {details['kept']}; candidates (benchmark accuracy, judge agreement) per seed: "
+               f"{[tuple(round(x, 3) for x in c) for c in details['candidates_accuracy_and_agreement']]}")
     if json_path:
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=1)
