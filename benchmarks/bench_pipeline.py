@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ def main() -> None:
     from srum_jobs.stages import generate as gen_stage
     from srum_jobs.stages.common import StageContext, candidate_seed, round_prompts
     from srum_jobs.stages.progress import progress_bar
+    from srum_jobs.storage import png_bytes
 
     tmp = Path(tempfile.mkdtemp(prefix="srum-bench-"))
     data = default_experiment(args.preset, f"file://{tmp}/runs")
@@ -81,7 +80,7 @@ def main() -> None:
             async with TritonTransport.from_config(exp.judge, experiment=exp.name) as t:
                 fn = gen_stage.make_judge_fn(ctx, t)
                 t1 = time.perf_counter()
-                pngs = [gen_stage._png(x.image) for x in generated]
+                pngs = [png_bytes(x.image) for x in generated]
                 sem = asyncio.Semaphore(exp.judge.max_in_flight)
 
                 async def one(png, p, k):

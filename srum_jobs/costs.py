@@ -23,11 +23,10 @@ uses its default unless the costs file is edited.
 from __future__ import annotations
 
 import asyncio
-import io
 import platform
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator
 
 Log = Callable[[str], None]
 
@@ -64,34 +63,18 @@ def _clock(out: Dict[str, float], key: str) -> Iterator[None]:
     out[key] = time.perf_counter() - t0
 
 
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _state_bytes(tensors: Any) -> int:
-    import torch
-
-    total = 0
-    for t in tensors:
-        if isinstance(t, torch.Tensor):
-            total += t.numel() * t.element_size()
-    return total
-
-
 def measure_costs(exp: Any, *, items: int = 8, log: Log = lambda m: None) -> Dict[str, Any]:
     """Measure plan.MEASURED_KEYS for the experiment `exp` (a config.Experiment) on this machine.
     Returns {"measured": {key: value}, "about": {...what was measured, where}}."""
-    import numpy as np
     import torch
 
-    from .judging.backends import backend_class
+    from .judging.backends import load_boxer_backend, load_judge_backend
     from .judging.inprocess import InProcessTransport
     from .judging.pipeline import CandidateItem, judge_many
-    from .models.base import load_model
+    from .models.base import load_model, pixels_from_images
     from .prompts import load_prompts
     from .rewards import encode_map, reward_map_from_record
+    from .storage import png_bytes
     from .training.optim import build_optimizer, build_scheduler, train_step
 
     if items < 2:
@@ -100,8 +83,8 @@ def measure_costs(exp: Any, *, items: int = 8, log: Log = lambda m: None) -> Dic
     log(f"loading model {exp.model.adapter!r} and backends {exp.judge.backend!r} / {exp.judge.boxer_backend!r}")
     with _clock(raw, "startup"):
         model = load_model(exp.model.adapter, dict(exp.model.params), exp.model.checkpoint)
-        judge = _Timed(backend_class("judge", exp.judge.backend)(dict(exp.judge.backend_params)), "generate")
-        boxer = _Timed(backend_class("boxer", exp.judge.boxer_backend)({}), "propose")
+        judge = _Timed(load_judge_backend(exp.judge.backend, exp.judge.backend_params), "generate")
+        boxer = _Timed(load_boxer_backend(exp.judge.boxer_backend, {}), "propose")   # as the local server does
     prompts = load_prompts(exp.prompts.source, exp.prompts.format, storage=exp.storage, limit=items + 1,
                            categories=exp.prompts.categories)
     if len(prompts) < 2:
@@ -111,10 +94,11 @@ def measure_costs(exp: Any, *, items: int = 8, log: Log = lambda m: None) -> Dic
 
     def generate(ps):
         return [g.image for g in model.generate([p.text for p in ps], [gen.seed + p.index for p in ps],
-                                                think=gen.think, steps=gen.steps, guidance=gen.guidance)]
+                                                think=gen.think, steps=gen.steps, guidance=gen.guidance,
+                                                resolution=gen.resolution)]
 
     log(f"generating {len(timed)} image(s) ({gen.steps} steps, guidance {gen.guidance}, think {gen.think})")
-    generate(warm)
+    warm_images = generate(warm)
     with _clock(raw, "generate"):
         images = generate(timed)
 
@@ -122,11 +106,11 @@ def measure_costs(exp: Any, *, items: int = 8, log: Log = lambda m: None) -> Dic
     w, h = images[0].size
 
     def cands(ps, ims):
-        return [CandidateItem(_png(im), p, 0, gen.seed + p.index, f"costs/{p.index}.png", w, h)
+        return [CandidateItem(png_bytes(im), p, 0, gen.seed + p.index, f"costs/{p.index}.png", w, h)
                 for p, im in zip(ps, ims)]
 
     log("judging (boxes, global, regions, verify) through the judging pipeline")
-    asyncio.run(judge_many(transport, cands(warm, generate(warm)), judge=exp.judge, reward=exp.reward))
+    asyncio.run(judge_many(transport, cands(warm, warm_images), judge=exp.judge, reward=exp.reward))
     judge.reset()
     boxer.reset()
     records = asyncio.run(judge_many(transport, cands(timed, images), judge=exp.judge, reward=exp.reward))
@@ -139,8 +123,7 @@ def measure_costs(exp: Any, *, items: int = 8, log: Log = lambda m: None) -> Dic
 
     tcfg = exp.training
     batch = min(tcfg.batch_size, len(images))
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images[:batch]])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    x = pixels_from_images(images[:batch])
     texts = [p.text for p in timed[:batch]]
     opt = build_optimizer(model.trainable_parameters(), tcfg)
     sched = build_scheduler(opt, tcfg)
@@ -153,7 +136,7 @@ def measure_costs(exp: Any, *, items: int = 8, log: Log = lambda m: None) -> Dic
             train_step(model, opt, sched, x, texts, grid, torch.ones(batch), tcfg, exp.reward.lambda_c, generator=g)
 
     trainable = list(model.trainable_parameters())
-    ckpt_bytes = _state_bytes(p.detach() for p in trainable) + 2 * sum(p.numel() * 4 for p in trainable)
+    ckpt_bytes = sum(p.numel() * (p.element_size() + 2 * 4) for p in trainable)   # weights + AdamW's fp32 moments
     n = len(timed)
     measured = {
         "generate_s_per_image": raw["generate"] / n,

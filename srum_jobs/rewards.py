@@ -300,8 +300,7 @@ def training_filter(record: RewardRecord, cfg: Any) -> Tuple[bool, Optional[str]
         return False, "regions_unparsed"
     if cfg.drop_zero_global and g.parsed and g.score == 0.0:
         return False, "zero_global"
-    floor = getattr(cfg, "min_global_score", None)
-    if floor is not None and g.parsed and g.score is not None and g.score <= floor:
+    if cfg.min_global_score is not None and g.parsed and g.score is not None and g.score <= cfg.min_global_score:
         return False, "low_global"
     return True, None
 

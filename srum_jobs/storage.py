@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import posixpath
 import random
 import tempfile
 import time
@@ -24,6 +23,13 @@ T = TypeVar("T")
 
 CHECKSUM_SUFFIX = ".sha256"
 
+
+
+def png_bytes(image: Any) -> bytes:
+    """A PIL image encoded as PNG: how every image travels to storage and to the judge."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI."""
@@ -184,9 +190,7 @@ class ObjectStore:
             raise StorageError(f"{self.uri_for(key)} is not a NumPy array: {e}") from None
 
     def put_png(self, key: str, image: Any, *, checksum: bool = False) -> str:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return self.put_bytes(key, buf.getvalue(), checksum=checksum)
+        return self.put_bytes(key, png_bytes(image), checksum=checksum)
 
     def get_png(self, key: str, *, verify: bool = False) -> Any:
         from PIL import Image, UnidentifiedImageError

@@ -60,3 +60,12 @@ def test_generation_cost_follows_the_sampler_steps(tmp_path):
 def test_too_few_items_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--items"):
         measure_costs(parse_experiment(_toy(tmp_path)), items=1)
+
+
+def test_a_prompt_source_with_too_few_prompts_is_named(tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("a red circle\n")
+    data = _toy(tmp_path)
+    data["prompts"] = {"source": str(one), "format": "text"}
+    with pytest.raises(ValueError, match="one.txt gave 1 prompt"):
+        measure_costs(parse_experiment(data), items=3)

@@ -112,7 +112,7 @@ def test_training_killed_between_checkpoints_resumes_with_the_same_curve(tmp_pat
                             "--no-progress"], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed_from = max(s for s in ctx.layout.completed_checkpoints() if s < 8)
-    assert f"resuming from checkpoint step" in rerun.stderr
+    assert "resuming from checkpoint step" in rerun.stderr
     from srum_jobs.stages.train import load_metrics
 
     curve = load_metrics(ctx)

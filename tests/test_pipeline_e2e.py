@@ -8,8 +8,6 @@ checkpoints are complete, the report exists, and a rerun changes nothing.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -179,3 +179,9 @@ def test_shipped_demo_checkpoint_rebuilds_from_its_seed():
     rebuilt = pt.ensure_base("demo", rebuild=True)
     got = measure_base(rebuilt)
     assert abs(got["accuracy"] - meta["benchmark"]["accuracy"]) <= 0.05, (got, meta["benchmark"])
+
+
+def test_unknown_generator_schedule_is_named(tiny_preset, monkeypatch):
+    monkeypatch.setitem(pt.PRESETS["tiny"]["generator"], "schedule", "linear")
+    with pytest.raises(pt.PretrainError, match="schedule 'linear'"):
+        pt.train_generator(pt.PRESETS["tiny"]["generator"], 0, log=lambda m: None)

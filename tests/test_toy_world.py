@@ -243,3 +243,16 @@ def test_components_boxer_options_background_and_touching_colours():
         ComponentsBoxer({"tolerence": "3"})
     with pytest.raises(ValueError, match="tolerance='x' is not a number"):
         ComponentsBoxer({"tolerance": "x"})
+
+
+def test_content_split_is_stratified_and_names_an_unknown_key():
+    # every difficulty stratum contributes to every split, so validation is as hard as evaluation
+    by_stratum = {}
+    for cat in w.CATEGORIES:
+        for c in w._compositions(cat):
+            spec = w._comp_spec(*c)
+            by_stratum.setdefault(w._stratum(spec), Counter())[w.content_split(spec.content_key())] += 1
+    large = [n for n in by_stratum.values() if sum(n.values()) >= 10]
+    assert large and all(set(n) == {"train", "val", "eval"} for n in large)
+    with pytest.raises(ValueError, match="'nope' is not the content key"):
+        w.content_split("nope")

@@ -311,7 +311,7 @@ class TritonTransport:
             lines = []
             for addr, why in problems.items():
                 if isinstance(why, BaseException):
-                    why = (f"this port answers HTTP/1.x, not gRPC: it looks like Triton's HTTP port, not its gRPC port"
+                    why = ("this port answers HTTP/1.x, not gRPC: it looks like Triton's HTTP port, not its gRPC port"
                            if await _speaks_http1(addr, 2.0) else self._explain(why))
                 lines.append(f"{addr}: {why}")
             raise JudgeEndpointError(

@@ -14,8 +14,8 @@ Instruction contract (every template renders it; the toy understanding model and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Dict, List, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 

@@ -67,6 +67,16 @@ MODEL_ADAPTERS: Dict[str, str] = {
 }
 
 
+def pixels_from_images(images: Sequence[Any]) -> torch.Tensor:
+    """RGB images (PIL or HxWx3 uint8 arrays) as the (B, 3, H, W) float tensor in [-1, 1] that
+    `training_forward` takes."""
+    import numpy as np
+
+    arr = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im, dtype=np.float32)
+                    for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
 def load_model(adapter: str, params: Dict[str, Any], checkpoint: Optional[str] = None) -> UnifiedModel:
     try:
         target = MODEL_ADAPTERS[adapter]

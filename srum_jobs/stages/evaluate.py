@@ -12,7 +12,6 @@ not regress.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Sequence
@@ -20,6 +19,7 @@ from typing import Any, Callable, Dict, List, Sequence
 from ..config import Experiment
 from ..prompts import shard_prompts
 from ..records import Prompt
+from ..storage import png_bytes
 from .common import StageContext, candidate_seed, eval_prompts, load_round_model
 from .progress import progress_bar
 
@@ -58,17 +58,11 @@ def _evaluator_scorer(exp: Experiment, store, layout) -> Callable[[Sequence[Any]
         async def go():
             async with TritonTransport.from_config(exp.judge, experiment=exp.name, store=store, evaluation=True,
                                                    cache_key=layout.cache_key) as transport:
-                outs = await asyncio.gather(*[judge_global(transport, _png(img), p.text, exp.judge,
+                outs = await asyncio.gather(*[judge_global(transport, png_bytes(img), p.text, exp.judge,
                                                            reward=exp.reward) for img, p in zip(images, prompts)])
             return [None if g.score is None else (g.score + 1.0) / 2.0 for g in outs]
         return asyncio.run(go())
     return score
-
-
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _understanding_agreement(model: Any, images: Sequence[Any], prompts: Sequence[Prompt],

@@ -9,16 +9,15 @@ killed pod resumes where it stopped and a rerun of a finished shard does nothing
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..config import Experiment
 from ..prompts import shard_prompts
 from ..records import Prompt, RewardRecord, parse_record
-from ..storage import sha256_hex
+from ..storage import png_bytes, sha256_hex
 from .common import StageContext, candidate_seed, load_round_model, round_prompts
 from .progress import _secs, progress_bar
 
@@ -35,12 +34,6 @@ def item_key(ctx: StageContext, shard: int, prompt: Prompt, k: int) -> str:
 
 def records_key(ctx: StageContext, shard: int) -> str:
     return ctx.layout.shard_prefix("judgments", shard) + "records.jsonl"
-
-
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _chunks(seq: Sequence, n: int):
@@ -81,7 +74,7 @@ async def _generate_and_judge(ctx: StageContext, shard: int, todo: List[Item], m
 
     async def one(prompt: Prompt, k: int, seed: int, generated: Any) -> None:
         async with in_flight:
-            png = _png(generated.image)
+            png = png_bytes(generated.image)
             ikey = image_key(ctx, shard, prompt, k)
             await asyncio.to_thread(ctx.store.put_bytes, ikey, png)
             record = await judge_fn(png, prompt, k, seed, ikey, sha256_hex(png), generated.image.size)

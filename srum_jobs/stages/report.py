@@ -16,7 +16,7 @@ import numpy as np
 from ..config import Experiment
 from ..storage import NotFound
 from .common import StageContext
-from .evaluate import VARIANTS, summary_key
+from .evaluate import summary_key
 
 MAX_GRID = 8
 

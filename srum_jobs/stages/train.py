@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..config import Experiment
+from ..models.base import pixels_from_images
 from ..rewards import decode_map
 from .common import StageContext, load_round_model
 from .progress import _secs, progress_bar
@@ -76,17 +77,16 @@ def _load_batch(ctx: StageContext, entries: List[dict]):
 
     from ..storage import ChecksumMismatch, sha256_hex
 
-    images, maps, alphas = [], [], []
+    images, maps, alphas = [], [], []   # images: PIL, made a tensor by pixels_from_images
     for e in entries:
         data = ctx.store.get_bytes(e["image_key"])
         if sha256_hex(data) != e["image_sha256"]:  # the image its judgment was made on, or nothing
             raise ChecksumMismatch(f"{ctx.store.uri_for(e['image_key'])} does not match its reward record's sha256")
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        images.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+        images.append(Image.open(io.BytesIO(data)).convert("RGB"))
         rmap = decode_map(ctx.store.get_bytes(e["map_key"], verify=True))
         maps.append(torch.from_numpy(np.asarray(rmap.pixels, dtype=np.float32)))
         alphas.append(float(rmap.alpha))
-    return torch.stack(images), [e["prompt"] for e in entries], torch.stack(maps), torch.tensor(alphas)
+    return pixels_from_images(images), [e["prompt"] for e in entries], torch.stack(maps), torch.tensor(alphas)
 
 
 # ------------------------------------------------------------------------------------------------ state

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import io
 import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...storage import png_bytes
 from . import world
 
 BASE_METHODS: Tuple[str, ...] = ("base", "sft", "srum")
@@ -94,19 +94,6 @@ def _seed_of(*parts: Any) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _to_tensor(images: Sequence[Any]):
-    import torch
-
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 # ----------------------------------------------------------------------------------------------- parts
@@ -193,7 +180,7 @@ class Bench:
         judge_cfg = self.judge_config()
 
         async def go():
-            return await asyncio.gather(*[judge_global(self.transport, _png(img), p.text, judge_cfg,
+            return await asyncio.gather(*[judge_global(self.transport, png_bytes(img), p.text, judge_cfg,
                                                        width=32, height=32)
                                           for img, (p, _) in zip(images, items)])
         with self._timed("judge"):
@@ -202,7 +189,7 @@ class Bench:
 
     # ---------------------------------------------------------------------------------- the round
     def candidates(self, seed: int):
-        """K candidates per training prompt from the base weights, judged: (images tensor, records)."""
+        """K candidates per training prompt from the base weights, judged: (images, records)."""
         from ...judging.pipeline import CandidateItem, judge_many
         from ...config import RewardConfig
 
@@ -211,12 +198,12 @@ class Bench:
         seeds = [_seed_of("cand", seed, p.index, k) for p, k in items]
         with self._timed("generate"):
             images = self.generate([p.text for p, _ in items], seeds)
-        cands = [CandidateItem(_png(img), p, k, s, f"bench/{seed}/{p.index}-{k}.png", 32, 32)
+        cands = [CandidateItem(png_bytes(img), p, k, s, f"bench/{seed}/{p.index}-{k}.png", 32, 32)
                  for img, (p, k), s in zip(images, items, seeds)]
         with self._timed("judge"):
             records = asyncio.run(judge_many(self.transport, cands, judge=self.judge_config(),
                                              reward=RewardConfig(max_regions=self.cfg.max_regions)))
-        return _to_tensor(images), records
+        return images, records
 
     def select(self, records: Sequence[Any]) -> List[int]:
         """Indices of the records every method trains on: the training filter of the srum reward config
@@ -261,7 +248,7 @@ class Bench:
         n = len(records)
         order: List[int] = []
         losses = []
-        with self._timed(f"train"):
+        with self._timed("train"):
             for _ in range(tc.steps):
                 while len(order) < tc.batch_size:
                     order += order_rng.permutation(n).tolist()
@@ -276,13 +263,12 @@ class Bench:
         return {"loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}
 
 
-def candidate_agreement(images, records: Sequence[Any]) -> Tuple[float, float]:
+def candidate_agreement(images: Sequence[Any], records: Sequence[Any]) -> Tuple[float, float]:
     """(benchmark accuracy of the candidates, share of candidates whose recorded global judgment is
     positive exactly when the evaluator accepts the image)."""
     from .evaluator import evaluate_image
 
-    arr = ((images.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-    oks = [bool(evaluate_image(a, r.prompt)) for a, r in zip(arr, records)]
+    oks = [bool(evaluate_image(im, r.prompt)) for im, r in zip(images, records)]
     agree = [bool(r.global_judgment.parsed and ((r.global_judgment.score or 0.0) > 0) == ok)
              for ok, r in zip(oks, records)]
     return float(np.mean(oks)), float(np.mean(agree))
@@ -291,6 +277,8 @@ def candidate_agreement(images, records: Sequence[Any]) -> Tuple[float, float]:
 def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int]) -> Dict[str, Any]:
     """Every method for every seed: {"per_seed": {method: [scores...]}, "agreement": [...], "kept": [...],
     "candidates": [(accuracy, judge agreement) per seed]}."""
+    from ..base import pixels_from_images
+
     per_seed: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     agree: List[bool] = []
     kept: List[int] = []
@@ -304,8 +292,9 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int]) -> D
         trained = [m for m in methods if m != "base"]
         if not trained:
             continue
-        all_images, records = bench.candidates(seed)
-        cand_stats.append(candidate_agreement(all_images, records))
+        candidate_images, records = bench.candidates(seed)
+        cand_stats.append(candidate_agreement(candidate_images, records))
+        all_images = pixels_from_images(candidate_images)
         keep = bench.select(records)
         kept.append(len(keep))
         if not keep:

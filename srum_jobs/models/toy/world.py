@@ -284,10 +284,6 @@ def prompt_key(comp) -> str:
     return _comp_spec(*comp).content_key()
 
 
-def _prompt_key(category: str, objs, counts, relation) -> str:
-    return _comp_spec(objs, counts, relation).content_key()
-
-
 def _wordings(category: str, comp, rng: np.random.Generator) -> List[str]:
     """Every wording of a composition (object order, relation side, phrasing variant), shuffled."""
     objs, counts, relation = comp
@@ -307,7 +303,7 @@ def split_compositions(split: str, category: str, seed: int = PROMPT_SEED) -> li
     """The compositions of a category whose content belongs to `split`."""
     if split not in SPLIT_SIZES:
         raise ValueError(f"unknown toy prompt split {split!r}; splits are {', '.join(SPLITS)}")
-    return [c for c in _compositions(category) if content_split(_prompt_key(category, *c), seed) == split]
+    return [c for c in _compositions(category) if content_split(prompt_key(c), seed) == split]
 
 
 @lru_cache(maxsize=16)
