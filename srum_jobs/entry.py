@@ -291,7 +291,10 @@ def fail(exc: BaseException) -> "NoReturn":  # type: ignore[name-defined]  # noq
     code, message = classify(exc)
     if debug_enabled():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    world = os.environ.get("WORLD_SIZE", "1")
+    who = f"rank {os.environ.get('RANK', '?')}: " if world.isdigit() and int(world) > 1 else ""
+    sys.stderr.write(f"error: {who}{message}\n")     # one write: ranks failing together do not interleave
+    sys.stderr.flush()
     sys.exit(code)
 
 

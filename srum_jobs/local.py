@@ -74,8 +74,9 @@ class StageFailed(RuntimeError):
     def __init__(self, what: str, rc: int):
         self.rc = rc
         self.exit_code = rc if rc in exitcodes.MEANING and rc != exitcodes.OK else exitcodes.FAILURE
-        super().__init__(f"stage {what} failed with exit {rc} ({exitcodes.meaning(rc)}); its own error is above; "
-                         "rerun the same command to resume")
+        then = ("fix what it says, then rerun" if self.exit_code in exitcodes.PERMANENT
+                else "rerun the same command to resume")
+        super().__init__(f"stage {what} failed with exit {rc} ({exitcodes.meaning(rc)}); its own error is above; {then}")
 
 
 class Children:

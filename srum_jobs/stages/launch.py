@@ -33,8 +33,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     os.environ[entry.PARENT_ENV] = str(os.getpid())    # the workers' parent is this process
     if not any(a.startswith(("--rdzv", "--nnodes", "--master")) for a in torchrun_args):
         torchrun_args = ["--standalone", *torchrun_args]
-    # torchrun's own INFO/WARNING chatter (rendezvous, "failed (exitcode: 78)") adds nothing to the worker's line
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # torchrun's own log (rendezvous, "failed (exitcode: 78) local_rank: 0 ...") adds nothing to the worker's
+    # line and the launcher's one below it
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     with entry.guarded():
         from torch.distributed.elastic.multiprocessing.api import SignalException
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
