@@ -169,7 +169,7 @@ def _check_storage_root(exp: Any, problems: List[str]) -> None:
         if not path.is_dir():
             problems.append(f"storage.root: {root} is a file, not a folder")
         elif not os.access(path, os.W_OK | os.X_OK):
-            problems.append(f"storage.root: {root} is not writable by this user")
+            problems.append(f"storage.root: {root} {_unwritable(path)}")
         return
     parent = path.absolute().parent
     while not parent.exists() and parent != parent.parent:
@@ -177,7 +177,16 @@ def _check_storage_root(exp: Any, problems: List[str]) -> None:
     if not parent.is_dir():
         problems.append(f"storage.root: {root} cannot be created: {parent} is a file, not a folder")
     elif not os.access(parent, os.W_OK | os.X_OK):
-        problems.append(f"storage.root: {root} cannot be created: {parent} is not writable by this user")
+        problems.append(f"storage.root: {root} cannot be created: {parent} {_unwritable(parent)}")
+
+
+def _unwritable(path: Path) -> str:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "is on a read-only file system"
+    except OSError:
+        pass
+    return "is not writable by this user"
 
 
 def open_checked_store(exp: Any) -> Any:
