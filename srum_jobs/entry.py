@@ -208,17 +208,21 @@ def run_stage(name: str, experiment_file: str, round: int, shard: Optional[int] 
     from .stages.spec import get
 
     spec = get(name)
-    stop_on_signals()
-    loaded = load(experiment_file)
-    for warning in check(loaded.exp, (name,), where="stage", source=experiment_file):
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-    n = num_shards or spec.shards(loaded.exp)
-    if spec.shardable and shard is None and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
-        shard = int(os.environ["JOB_COMPLETION_INDEX"])
-    if shard is not None and shard >= n:
-        raise ConfigError(f"shard {shard} is out of range for {n} shards (--shard, --num-shards)")
-    open_checked_store(loaded.exp)
-    return spec.run(loaded.exp, round, shard, n, progress=progress)
+    previous = stop_on_signals()
+    try:
+        loaded = load(experiment_file)
+        for warning in check(loaded.exp, (name,), where="stage", source=experiment_file):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        n = num_shards or spec.shards(loaded.exp)
+        if spec.shardable and shard is None and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
+            shard = int(os.environ["JOB_COMPLETION_INDEX"])
+        if shard is not None and shard >= n:
+            raise ConfigError(f"shard {shard} is out of range for {n} shards (--shard, --num-shards)")
+        open_checked_store(loaded.exp)
+        return spec.run(loaded.exp, round, shard, n, progress=progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -------------------------------------------------------------------------------------- exit codes
@@ -358,11 +362,18 @@ def child_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return {**(env if env is not None else os.environ), PARENT_ENV: str(os.getpid())}
 
 
-def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Dict[int, Any]:
     """Turn stop signals into `Stopped` in the main thread, so `finally` blocks and temp-file cleanup run
-    (Python's default for SIGTERM ends the process on the spot)."""
+    (Python's default for SIGTERM ends the process on the spot). Returns the handlers it replaced (none
+    outside the main thread, where Python cannot set any)."""
+    import threading
+
     def handler(signum: int, frame: Any) -> None:
         raise Stopped(signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {s: signal.getsignal(s) for s in signals}
     for s in signals:
         signal.signal(s, handler)
+    return previous
