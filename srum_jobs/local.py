@@ -212,7 +212,9 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
                 if lease.lost:
                     raise LeaseLost(f"lease lost: {lease.lost}; stopping before stage {name}")
                 spec = stage_spec(name)
-                child_env = dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n))) if spec.distributed else env
+                # several processes share the cores; one process keeps the caller's thread settings (and numerics)
+                child_env = (dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
+                             if spec.distributed and n > 1 else env)
                 with phase(name):
                     children.run(stage_argv(spec, exp, exp_file, r, nproc=n, progress=progress), child_env,
                                  f"{name} (round {r})")
