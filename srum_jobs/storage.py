@@ -312,14 +312,12 @@ class LocalStore(ObjectStore):
         os.close(fd)
         return tmp
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _write_atomic(self, key: str, fill: Callable[[str], None]) -> None:
+        """fill(temp path) next to the object, then rename it into place; on any failure the temp file goes."""
         p = self._path(key)
         tmp = self._temp(p, key)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            fill(tmp)
             os.replace(tmp, p)
         except OSError as e:
             _unlink_quietly(tmp)
@@ -327,6 +325,15 @@ class LocalStore(ObjectStore):
         except BaseException:
             _unlink_quietly(tmp)
             raise
+
+    def _put(self, key: str, data: bytes) -> None:
+        def fill(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        self._write_atomic(key, fill)
 
     def _get(self, key: str) -> bytes:
         p = self._path(key)
@@ -393,17 +400,7 @@ class LocalStore(ObjectStore):
     def _copy_large(self, key: str, path: Path) -> None:
         import shutil
 
-        p = self._path(key)
-        tmp = self._temp(p, key)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, p)
-        except OSError as e:
-            _unlink_quietly(tmp)
-            raise os_error(e, "write", self.uri_for(key)) from None
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+        self._write_atomic(key, lambda tmp: shutil.copyfile(path, tmp))
 
     def probe(self) -> None:
         """The root must be a folder this process can create and write in."""
