@@ -3,8 +3,9 @@ entrypoints the Kubernetes Jobs run (as child processes, one per stage of the st
 local Triton judge server.
 
 With no experiment file it runs the built-in toy world (pretraining its base model first if it is not
-cached). A rerun resumes, because every stage resumes from what storage says is done. One lease object in
-storage keeps two runs of the same experiment from writing at once.
+cached). A rerun resumes, because every stage resumes from what storage says is done; a stage whose every
+shard is marked done is not started at all (nor the judge server, when no judging is left), as the
+cluster driver does. One lease object in storage keeps two runs of the same experiment from writing at once.
 
 Stopping: each child leads its own process group (a terminal's Ctrl-C reaches only `srum run`), and is
 asked to die with `srum run` (PR_SET_PDEATHSIG, so a SIGKILLed `srum run` leaves no writer behind; the
@@ -194,7 +195,13 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
 
             with phase("base model (pretrain or cache)"):
                 ensure_base(exp.model.params.get("preset", "demo"))  # once, here, not in every child
-        if exp.judge.url is None and any(stage_spec(s).uses_judge(exp) for s in stages):
+        layouts = {r: RunLayout(store, exp.name, r) for r in range(1, rounds + 1)}
+
+        def complete(name: str, r: int) -> bool:   # every shard's marker is in storage: nothing to start
+            return set(range(stage_spec(name).shards(exp))) <= set(layouts[r].stage_shards_done(name))
+
+        judge_work = [(r, s) for r in layouts for s in stages if stage_spec(s).uses_judge(exp) and not complete(s, r)]
+        if exp.judge.url is None and judge_work:
             from .judging.server import LocalTritonServer, models_for_judge_config
 
             server = LocalTritonServer(models_for_judge_config(exp.judge), run_dir=workdir / "triton")
@@ -211,6 +218,9 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
             for name in stages:
                 if lease.lost:
                     raise LeaseLost(f"lease lost: {lease.lost}; stopping before stage {name}")
+                if complete(name, r):
+                    echo(f"{name} (round {r}): already complete in storage, skipped")
+                    continue
                 spec = stage_spec(name)
                 # several processes share the cores; one process keeps the caller's thread settings (and numerics)
                 child_env = (dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
