@@ -365,3 +365,19 @@ def test_the_local_executor_builds_each_stage_command_from_the_table(tmp_path):
     train = stage_argv(STAGES["train"], exp, tmp_path / "e.json", 2, nproc=3, progress=True)
     assert train[1:4] == ["-m", "srum_jobs.stages.launch", "--nproc-per-node=3"]
     assert train[train.index("--") + 1:] == ["--experiment", str(tmp_path / "e.json"), "--round", "2"]
+
+
+def test_the_launcher_passes_the_cause_through_not_the_peers_broken_collective():
+    from types import SimpleNamespace
+
+    from srum_jobs.stages.launch import _cause
+
+    def failures(**codes_at):
+        return SimpleNamespace(failures={int(r[1:]): SimpleNamespace(exitcode=c, timestamp=t)
+                                         for r, (c, t) in codes_at.items()})
+
+    # rank 0 ran out of disk; rank 1 then failed on the dead all-reduce (1), even if reported first
+    assert _cause(failures(r0=(74, 10), r1=(1, 9))) == (0, 74)
+    assert _cause(failures(r0=(1, 10), r1=(78, 11))) == (1, 78)
+    assert _cause(failures(r0=(1, 10), r1=(1, 9))) == (1, 1)          # nothing specific: the earliest
+    assert _cause(failures(r0=(-9, 10))) == (0, -9)                   # killed by a signal

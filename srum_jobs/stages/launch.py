@@ -44,13 +44,22 @@ def main(argv: Optional[List[str]] = None) -> None:
         try:
             torchrun([*torchrun_args, "-m", MODULE, *stage_args])
         except ChildFailedError as e:
-            rank, failure = e.get_first_failure()
-            code = failure.exitcode
-            known = code in exitcodes.MEANING or code > 128
+            rank, code = _cause(e)
             print(f"error: {MODULE} rank {rank} exited with {code} ({exitcodes.meaning(code)})", file=sys.stderr)
-            sys.exit(code if known and code > 0 else exitcodes.FAILURE)
+            sys.exit(code if code in exitcodes.MEANING or code > 128 else exitcodes.FAILURE)
         except SignalException as e:
             raise entry.Stopped(int(e.sigval)) from None
+
+
+def _cause(e) -> tuple:
+    """(rank, exit code) of the failure that explains the others: when one worker stops on a real cause
+    (78, 74, 75...), its peers fail after it on a broken collective (1); the earliest specific one wins."""
+    failures = sorted(e.failures.items(), key=lambda kv: kv[1].timestamp)
+    for rank, failure in failures:
+        if failure.exitcode not in (exitcodes.FAILURE, exitcodes.OK) and failure.exitcode > 0:
+            return rank, failure.exitcode
+    rank, failure = failures[0]
+    return rank, failure.exitcode
 
 
 if __name__ == "__main__":
