@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
+MAX_TRAINING_STEPS = 1_000_000          # far beyond any SRUM recipe (the paper trains 300); a typo guard
+MAX_EXPERIMENT_BYTES = 1 << 20          # an experiment file is a page of settings; /dev/zero is not one
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
@@ -37,6 +39,11 @@ class StorageConfig(_Section):
     region: Optional[str] = None
     max_attempts: int = Field(5, ge=1, le=20, description="attempts on throttling / 5xx before giving up")
     multipart_threshold_mb: int = Field(64, ge=5)
+    timeout_s: float = Field(30.0, gt=0, le=3600,
+                             description="S3: seconds to connect and to wait for each reply; one storage call "
+                                         "takes at most max_attempts x timeout_s plus backoff")
+    probe_timeout_s: float = Field(10.0, gt=0, le=600,
+                                   description="S3: seconds the start-up probe waits before naming a silent endpoint")
 
     @field_validator("root")
     @classmethod
@@ -50,6 +57,9 @@ class StorageConfig(_Section):
         elif v.startswith("file://"):
             if not v[len("file://"):]:
                 raise ValueError("a file:// root needs a path: file://PATH")
+            if ".." in v[len("file://"):].split("/"):
+                raise ValueError("a file:// root may not contain '..' (as an s3:// prefix may not): write the path "
+                                 "without it")
         else:
             raise ValueError("storage.root must start with file:// or s3://")
         return v
@@ -150,9 +160,12 @@ class TrainingConfig(_Section):
     warmup_steps: int = Field(500, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     timestep_shift: float = Field(4.0, gt=0)
-    steps: int = Field(300, ge=1)
+    steps: int = Field(300, ge=1, le=MAX_TRAINING_STEPS)
     batch_size: int = Field(8, ge=1)
     save_every: int = Field(100, ge=1)
+    keep_checkpoints: Optional[int] = Field(2, ge=1, le=1000,
+                                            description="complete checkpoints kept: the newest N (two, so a damaged "
+                                                        "last one has a fallback); null keeps every one")
     ema: Optional[float] = Field(None, gt=0, lt=1, description="EMA decay of the trained weights; None = off")
     nproc_per_node: int = Field(1, ge=1, le=64)
     nnodes: int = Field(1, ge=1, le=4096)
@@ -248,12 +261,33 @@ def parse_experiment(data: Any, source: str = "<dict>") -> Experiment:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
 def _yaml_loader():
-    """PyYAML follows YAML 1.1, where `2e-5` (no dot) is a string; users mean a number (YAML 1.2 agrees)."""
+    """The one YAML loader of experiment files. PyYAML follows YAML 1.1, where `2e-5` (no dot) is a string;
+    users mean a number (YAML 1.2 agrees). A key written twice in one mapping is refused: YAML would keep
+    the last one silently."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: Dict[Any, Any] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # merged keys may be overridden: that is what a merge is for
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark)
+                    except TypeError:
+                        continue  # an unhashable key: construct_mapping below rejects it
+                    if first is not key_node.start_mark:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} appears twice (first on line {first.line + 1})",
+                            key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
         r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
@@ -261,24 +295,83 @@ def _yaml_loader():
     return Loader
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read a YAML or JSON experiment file."""
-    import yaml
+def _json_pairs(pairs):
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(f"key {k!r} appears twice in one object")
+        out[k] = v
+    return out
 
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error on one line: where, what, and in which construct."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and cmark is not None and (cmark.line, cmark.column) != (mark.line, mark.column):
+        where += f" ({context} on line {cmark.line + 1})"
+    return where
+
+
+def read_experiment_text(path: str | Path) -> str:
+    """The text of an experiment file, or a ConfigError naming the file: missing, a folder, unreadable,
+    larger than MAX_EXPERIMENT_BYTES (read no further: /dev/zero fails at once), binary, not UTF-8."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_EXPERIMENT_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"experiment file not found: {p}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"experiment file {p} is not UTF-8 text (byte {e.start})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"experiment file {p} is a folder, not a file") from None
     except OSError as e:
         raise ConfigError(f"cannot read experiment file {p}: {e.strerror}") from None
+    if len(raw) > MAX_EXPERIMENT_BYTES:
+        raise ConfigError(f"experiment file {p} is larger than {MAX_EXPERIMENT_BYTES >> 20} MiB: not an experiment "
+                          "file (an experiment is a page of YAML or JSON settings)")
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_yaml_loader())
-    except (yaml.YAMLError, ValueError, RecursionError) as e:
-        raise ConfigError(f"experiment file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
-    return parse_experiment(data, str(p))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"experiment file {p} is not UTF-8 text (byte {e.start})") from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ConfigError(f"experiment file {p} is binary, not YAML or JSON text (NUL at byte {nul})")
+    return text
+
+
+def parse_experiment_text(text: str, source: str, *, as_json: bool) -> Any:
+    """YAML (or JSON) text -> data, refusing duplicate keys; errors name `source` and the line."""
+    import yaml
+
+    try:
+        if as_json:
+            return json.loads(text, object_pairs_hook=_json_pairs)
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"experiment file {source} is not valid YAML: {_yaml_problem(e)}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"experiment file {source} is not valid JSON: line {e.lineno}, column {e.colno}: "
+                          f"{e.msg}") from None
+    except (ValueError, RecursionError) as e:  # ints over 4300 digits, impossible dates, deep nesting
+        kind = "JSON" if as_json else "YAML"
+        raise ConfigError(f"experiment file {source} is not valid {kind}: {' '.join(str(e).split())[:300]}") from None
+
+
+def read_experiment_data(path: str | Path) -> Tuple[Any, str]:
+    """(data, text) of an experiment file: the one reader every command uses (`load_experiment`, and
+    `srum run`, which rewrites parts of the data before handing it to its stages)."""
+    text = read_experiment_text(path)
+    return parse_experiment_text(text, str(path), as_json=Path(path).suffix == ".json"), text
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate a YAML or JSON experiment file."""
+    data, _ = read_experiment_data(path)
+    return parse_experiment(data, str(path))
 
 
 def dump_experiment(exp: Experiment) -> str:

@@ -24,6 +24,22 @@ class PromptError(ValueError):
 
 
 MAX_PROMPT_CHARS = 4000
+MAX_ID_CHARS = 128
+
+
+def id_problem(pid: str) -> Optional[str]:
+    """Why `pid` cannot be a prompt id, or None. Ids name storage objects (`<id>-<k>.rmap`), so one that
+    could step out of its folder or hide (`../x`, `a/b`, `.x`, control characters) is refused when the
+    file is read, not after the shard has been generated."""
+    if len(pid) > MAX_ID_CHARS:
+        return f"is {len(pid)} characters; the limit is {MAX_ID_CHARS}"
+    if "/" in pid or "\\" in pid:
+        return "contains a '/' or '\\' (ids name storage objects)"
+    if pid.startswith("."):
+        return "starts with '.' (ids name storage objects)"
+    if not pid.isprintable():
+        return "contains a control character"
+    return None
 
 
 def detect_format(name: str, text: str) -> str:
@@ -46,6 +62,9 @@ def _make(source: str, where: str, index: int, pid: Any, text: Any, category: An
         raise PromptError(f"{source}: {where}: field 'category' must be a non-empty string")
     if isinstance(pid, bool) or not isinstance(pid, (str, int)):
         raise PromptError(f"{source}: {where}: field 'id' must be a string or an integer")
+    problem = id_problem(str(pid))
+    if problem:
+        raise PromptError(f"{source}: {where}: field 'id' {str(pid)[:40]!r} {problem}")
     try:
         return Prompt(id=str(pid), text=text.strip(), category=category, index=index)
     except ValidationError as err:
@@ -144,7 +163,10 @@ def load_prompts(uri: str, fmt: str = "auto", *, storage: Any = None, limit: Opt
     if uri.startswith("toy://"):
         from .models.toy.world import toy_prompts
 
-        prompts = toy_prompts(uri[len("toy://"):])
+        try:
+            prompts = toy_prompts(uri[len("toy://"):])
+        except ValueError as e:
+            raise PromptError(f"{uri}: {e}") from None
     else:
         text, name = read_source(uri, storage)
         prompts = parse_prompts(text, fmt, source=uri if uri.startswith("s3://") else name)
@@ -170,6 +192,14 @@ def shard_prompts(prompts: Sequence[Prompt], shard: int, num_shards: int) -> Lis
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
     return [p for p in prompts if shard_of(p.index, num_shards) == shard]
+
+
+def duplicate_texts(prompts: Sequence[Prompt]) -> Dict[str, int]:
+    """Texts that occur more than once -> how many extra times, in order of first occurrence. Repeats are
+    kept (T2I-CompBench's training list repeats 675 of its 6,234 texts under other ids) but counted, so
+    nobody mistakes them for distinct prompts."""
+    counts = Counter(p.text for p in prompts)
+    return {t: n - 1 for t, n in counts.items() if n > 1}
 
 
 def category_counts(prompts: Sequence[Prompt]) -> Dict[str, int]:
