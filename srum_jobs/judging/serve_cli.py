@@ -37,14 +37,14 @@ def _pairs(values: Tuple[str, ...], option: str) -> Dict[str, str]:
 @click.option("--evaluator", default=None, help="also serve srum_evaluator with this judge backend")
 @click.option("--evaluator-param", "evaluator_params", multiple=True, metavar="KEY=VALUE",
               help="evaluator parameter (repeatable)")
-@click.option("--instances", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="model instances per model (CPU)")
+@click.option("--instances", type=click.IntRange(1, 64), default=None,
+              help="model instances per model (CPU; default: the count in triton_models/, 2)")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="where the generated repository and tritonserver.log go (default: a new temporary directory)")
 @click.option("--startup-timeout", type=click.FloatRange(1, None), default=300.0, show_default=True)
 def serve_command(grpc_port: int, http_port: int, metrics_port: int, host: str, model_repository: Optional[str],
                   as_is: bool, backend: str, judge_params: Tuple[str, ...], boxer: str, boxer_params: Tuple[str, ...],
-                  evaluator: Optional[str], evaluator_params: Tuple[str, ...], instances: int,
+                  evaluator: Optional[str], evaluator_params: Tuple[str, ...], instances: Optional[int],
                   run_dir: Optional[str], startup_timeout: float) -> None:
     """Start a local Triton judge server (the real tritonserver) and keep it up until Ctrl-C / SIGTERM.
 
