@@ -177,20 +177,48 @@ class EvalConfig(_Section):
     understanding_check: bool = True
 
 
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(k|Ki|M|Mi|G|Gi|T|Ti)?$"
+
+
 class ResourcesConfig(_Section):
     cpu: str = "4"
     memory: str = "16Gi"
     gpu: int = Field(0, ge=0, le=16)
-    scratch: Optional[str] = Field(None, description="size limit of the pod's emptyDir scratch, e.g. 100Gi")
+    scratch: str = Field("50Gi", pattern=_QUANTITY,
+                         description="size limit of the pod's emptyDir scratch (the kubelet evicts a pod past it)")
+    shm: str = Field("8Gi", pattern=_QUANTITY,
+                     description="size limit of /dev/shm (memory-backed; GPU and training pods only)")
+
+
+class NetworkPolicyConfig(_Section):
+    """Egress of the stage pods (`srum enqueue`; the Helm chart has its own for the driver): DNS, S3, the judge."""
+
+    enabled: bool = True
+    s3_cidrs: List[str] = Field(default_factory=lambda: ["0.0.0.0/0"],
+                                description="where S3 is (AWS S3 has no fixed range: any address, port-limited)")
+    s3_ports: List[int] = Field(default_factory=lambda: [443])
+    s3_namespace: Optional[str] = Field(None, description="namespace of an in-cluster S3 (MinIO), on s3_ports")
+    judge_namespace: Optional[str] = Field("srum-judge", description="namespace of the shared judge (k8s/)")
+    judge_ports: List[int] = Field(default_factory=lambda: [8001])
+
+
+class ExtraEnv(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    value: str
 
 
 class ClusterConfig(_Section):
     namespace: str = "srum"
-    image: str = "ghcr.io/srum/srum-jobs:0.1.0"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image: str = Field("ghcr.io/srum/srum-jobs:0.1.0", description="a pinned tag, or name@sha256:DIGEST")
+    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(
+        None, description="None: IfNotPresent for an image pinned by digest, Always for a tag (a re-pushed tag "
+                          "is never run stale)")
     service_account: Optional[str] = None
-    s3_secret: Optional[str] = Field(None, description="existing Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-    queue_name: Optional[str] = Field(None, description="Kueue LocalQueue; Jobs are created suspended")
+    s3_secret: Optional[str] = Field(None, description="existing Secret whose key `credentials` is an AWS shared "
+                                                       "credentials file; mounted read-only as a file, never env")
+    queue_name: Optional[str] = Field(None, description="Kueue LocalQueue of the GPU stages; Jobs are created suspended")
+    cpu_queue_name: Optional[str] = Field(None, description="Kueue LocalQueue of the CPU-only stages (rewards, report); "
+                                                            "None: they are not queued")
     generate_parallelism: int = Field(4, ge=1)
     backoff_limit_per_index: int = Field(3, ge=0)
     ttl_seconds_after_finished: int = Field(86400, ge=0)
@@ -199,8 +227,17 @@ class ClusterConfig(_Section):
     eval: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=1))
     rewards: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=0))
     report: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=0))
-    node_selector: Dict[str, str] = Field(default_factory=dict)
-    tolerations: List[Dict[str, str]] = Field(default_factory=list)
+    node_selector: Dict[str, str] = Field(default_factory=dict, description="GPU stages only")
+    tolerations: List[Dict[str, str]] = Field(default_factory=list, description="GPU stages only")
+    cpu_node_selector: Dict[str, str] = Field(default_factory=dict, description="CPU-only stages (rewards, report)")
+    cpu_tolerations: List[Dict[str, str]] = Field(default_factory=list, description="CPU-only stages")
+    extra_env: List[ExtraEnv] = Field(default_factory=list, description="added to every stage container "
+                                      "(never credentials: those go in mounted Secrets)")
+    extra_volumes: List[Dict[str, Any]] = Field(default_factory=list, description="Kubernetes volumes added to every "
+                                                "stage pod (e.g. a Secret or a read-only weights PVC)")
+    extra_volume_mounts: List[Dict[str, Any]] = Field(default_factory=list, description="mounts of extra_volumes "
+                                                      "in every stage container")
+    network_policy: NetworkPolicyConfig = Field(default_factory=NetworkPolicyConfig)
 
 
 class Experiment(_Section):

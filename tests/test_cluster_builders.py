@@ -197,11 +197,20 @@ def test_s3_credentials_come_from_the_secret_by_reference_only(monkeypatch):
     objs = b.all_objects(ref, text)
     dumped = b.dump_yaml(objs)
     assert "canary-secret-value-123" not in dumped and "canary-key-id-456" not in dumped
-    env = {e["name"]: e for e in b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
-    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    pod = b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    # issue 15: the Secret's `credentials` file, mounted read-only; no key in the environment
+    assert not [k for k in env if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"] == f"{b.S3_CREDENTIALS_DIR}/credentials"
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "s3-credentials"]
+    assert vol["secret"]["secretName"] == "s3-creds"
+    assert {"name": "s3-credentials", "mountPath": b.S3_CREDENTIALS_DIR, "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
     assert env["AWS_DEFAULT_REGION"] == {"name": "AWS_DEFAULT_REGION", "value": "eu-west-1"}
+    # the training pod's init container only reads the experiment file: no credentials file
+    init = b.train_job(ref)["spec"]["template"]["spec"]["initContainers"][0]
+    assert "s3-credentials" not in {m["name"] for m in init["volumeMounts"]}
+    assert "AWS_SHARED_CREDENTIALS_FILE" not in {e["name"] for e in init["env"]}
     # without a Secret (cloud identity through the service account) there are no AWS keys at all
     ref, _ = make({"cluster": {"s3_secret": None, "service_account": "srum-irsa"}})
     pod = b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]
@@ -276,7 +285,7 @@ def test_dry_run_prints_valid_yaml_and_needs_no_cluster(monkeypatch, tmp_path):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "does-not-exist"))
     result = CliRunner().invoke(main, ["enqueue", "all", "--dry-run", "--experiment", str(BAGEL)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("# srum enqueue all: 7 objects for experiment bagel-compbench-r1 round 1")
+    assert result.output.startswith("# srum enqueue all: 8 objects for experiment bagel-compbench-r1 round 1")
     docs = [d for d in yaml.safe_load_all(result.output) if d]
     assert [d["kind"] for d in docs] == ["ConfigMap", "Job", "Job", "Service", "Job", "Job", "Job"]
     assert docs[0]["data"]["experiment.yaml"] == BAGEL.read_text()
