@@ -176,8 +176,10 @@ def test_in_release_triton():
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["name"] == "exp-42-triton-headless"
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
-    (netpol,) = by_kind(docs, "NetworkPolicy")
+    (netpol,) = [n for n in by_kind(docs, "NetworkPolicy") if n["metadata"]["name"] == "exp-42-triton"]
     assert netpol["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+    assert {"port": 8002, "protocol": "TCP"} in netpol["spec"]["ingress"][1]["ports"]   # Prometheus
+    assert {"name": "metrics", "port": 8002, "targetPort": "metrics", "protocol": "TCP"} in svc["spec"]["ports"]
 
 
 def test_kueue_local_queue():
