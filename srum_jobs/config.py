@@ -98,6 +98,13 @@ class JudgeConfig(_Section):
     cache: bool = Field(True, description="cache judgments in storage keyed by model, image and instruction")
     templates_dir: Optional[str] = Field(None, description="directory overriding the default judge prompt templates")
     team: Optional[str] = Field(None, description="attribution in the shared server's log")
+    key_file: Optional[str] = Field(None, description="file holding this team's judge key (a mounted Secret); the "
+                                                      "key itself never goes in the experiment file")
+    key_env: str = Field("SRUM_JUDGE_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                         description="environment variable holding the team's judge key when key_file is unset")
+    tls: bool = Field(False, description="talk TLS to the judge (the gateway's certificate)")
+    tls_ca_file: Optional[str] = Field(None, description="CA bundle that signed the judge's certificate "
+                                                         "(implies tls); None = the system's roots")
 
     @field_validator("url")
     @classmethod
