@@ -1,7 +1,7 @@
 """checkov over every Kubernetes object srum deploys, hadolint over both Dockerfiles.
 
 What is scanned: the Helm chart rendered with its defaults and with every file of helm/values/ (Helm's own
-engine, offline), the shared judge server's k8s/ manifests, and the objects `srum enqueue all` submits for
+engine, offline), the shared judge server's k8s/ manifests (and k8s/monitoring/), and the objects `srum enqueue all` submits for
 every example experiment that targets a cluster. Every finding is either fixed or suppressed in place with a
 reason (a `checkov.io/skip<N>` annotation on the object, a `# hadolint ignore=` comment above the line), so
 the expected count is zero.
@@ -47,10 +47,11 @@ def write_targets(dest: Path) -> list:
         path = dest / f"chart-{_id(case)}.yaml"
         path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         names.append(path.name)
-    for f in sorted((ROOT / "k8s").glob("*.yaml")):
+    for f in sorted((ROOT / "k8s").glob("*.yaml")) + sorted((ROOT / "k8s" / "monitoring").glob("*.yaml")):
         if f.name != "kustomization.yaml":
-            shutil.copy(f, dest / f"k8s-{f.name}")
-            names.append(f"k8s-{f.name}")
+            name = f"k8s-{f.parent.name}-{f.name}"
+            shutil.copy(f, dest / name)
+            names.append(name)
     for exp in sorted((ROOT / "examples").glob("*.yaml")):
         res = CliRunner().invoke(main, ["enqueue", "all", "--dry-run", "--experiment", str(exp)])
         if res.exit_code == 0:
