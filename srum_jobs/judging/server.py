@@ -173,6 +173,7 @@ class ModelSpec:
     max_batch_size: Optional[int] = None           # None = keep the source config's
     max_queue_delay_us: Optional[int] = None        # None = keep the source config's
     preferred_batch_sizes: Optional[List[int]] = None  # None = keep the source config's; [] = none
+    dynamic_batching: bool = True                   # False: no dynamic batcher (each request scheduled alone)
 
 
 def local_models(judge_backend: str = "toy", judge_params: Optional[Mapping[str, str]] = None,
@@ -229,6 +230,8 @@ def localize_config(config, spec: ModelSpec):
     if spec.preferred_batch_sizes is not None:
         del local.dynamic_batching.preferred_batch_size[:]
         local.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
+    if not spec.dynamic_batching:
+        local.ClearField("dynamic_batching")
     return local
 
 
