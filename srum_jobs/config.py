@@ -95,6 +95,9 @@ class JudgeConfig(_Section):
     temperature: float = Field(0.0, ge=0)
     think: bool = False
     verify_boxes: bool = Field(True, description="paper's box verification; False = top regions by area (reference code)")
+    verify_candidates: int = Field(0, ge=0, le=256, description="with verify_boxes: how many of the largest boxes "
+                                   "verification sees (at least reward.max_regions; the largest confirmed "
+                                   "reward.max_regions are kept)")
     cache: bool = Field(True, description="cache judgments in storage keyed by model, image and instruction")
     templates_dir: Optional[str] = Field(None, description="directory overriding the default judge prompt templates")
     team: Optional[str] = Field(None, description="attribution in the shared server's log")

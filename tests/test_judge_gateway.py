@@ -162,3 +162,46 @@ def test_client_reads_the_key_from_a_file_or_the_environment_never_the_experimen
     with pytest.raises(JudgeEndpointError, match="cannot read the team key"):
         team_key(JudgeConfig(key_file=str(tmp_path / "missing")))
     assert "key" not in JudgeConfig.model_fields   # no field can hold the key itself
+
+
+@pytest.mark.triton
+def test_serve_command_puts_the_gateway_in_front(tmp_path):
+    """`srum judge serve --keys-file` (real subprocess): the printed gRPC address is the gateway's; a key from the
+    environment is served, none is refused."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from srum_jobs.judging.client import JudgeEndpointError, TritonTransport
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"teams": {"qa": {"key_sha256": key_digest(KEY_B), "max_in_flight": 4}}}))
+    cmd = [sys.executable, "-m", "srum_jobs.cli", "judge", "serve", "--keys-file", str(keys), "--param",
+           "preset=test", "--run-dir", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip().startswith("log"):
+                break
+        out = "".join(lines)
+        assert "srum judge server ready" in out, out + proc.stderr.read()
+        url = re.search(r"grpc\s+(\S+) \(gateway: team keys; teams qa\)", out).group(1)
+        (png, text), = _inputs(1)
+
+        async def go(key):
+            async with TritonTransport(url, boxer_model=None, key=key, connect_timeout_s=5) as t:
+                return await t.judge(png, text, JudgeParams(max_new_tokens=16))
+
+        assert asyncio.run(go(KEY_B)).text.startswith("Score:")
+        with pytest.raises(JudgeEndpointError, match="UNAUTHENTICATED"):
+            asyncio.run(go(None))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -158,7 +158,8 @@ class JudgeGateway:
         self._state = {name: _TeamState(p, asyncio.Semaphore(p.max_in_flight), tokens=max(1.0, p.rate_per_s))
                        for name, p in self.teams.items()}
         self._channel = grpc.aio.insecure_channel(self.upstream, options=opts)
-        self._server = grpc.aio.server(options=opts)
+        # no SO_REUSEPORT: a port another server listens on is an error here, not a silently shared port
+        self._server = grpc.aio.server(options=opts + [("grpc.so_reuseport", 0)])
         self._server.add_generic_rpc_handlers((_Handler(self),))
         if self.tls_cert:
             try:
