@@ -175,6 +175,7 @@ def test_serve_command_puts_the_gateway_in_front(tmp_path):
     import sys
 
     from srum_jobs.judging.client import JudgeEndpointError, TritonTransport
+    from tests.test_triton_server import ready_banner
 
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"teams": {"qa": {"key_sha256": key_digest(KEY_B), "max_in_flight": 4}}}))
@@ -182,13 +183,7 @@ def test_serve_command_puts_the_gateway_in_front(tmp_path):
            "preset=test", "--run-dir", str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.strip().startswith("log"):
-                break
-        out = "".join(lines)
-        assert "srum judge server ready" in out, out + proc.stderr.read()
+        out = ready_banner(proc)
         url = re.search(r"grpc\s+(\S+) \(gateway: team keys; teams qa\)", out).group(1)
         (png, text), = _inputs(1)
 

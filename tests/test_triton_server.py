@@ -486,6 +486,18 @@ def test_serve_command_help_is_mounted_under_judge():
         assert opt in res.output
 
 
+def ready_banner(proc) -> str:
+    """What `srum judge serve` (a subprocess) prints up to its log line; fails with its stderr if not ready."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.strip().startswith("log"):
+            break
+    out = "".join(lines)
+    assert "srum judge server ready" in out, out + proc.stderr.read()
+    return out
+
+
 @pytest.mark.triton
 def test_serve_command_runs_in_the_foreground_until_sigterm(tmp_path):
     import re
@@ -501,13 +513,7 @@ def test_serve_command_runs_in_the_foreground_until_sigterm(tmp_path):
            "--backend", "toy", "--param", "preset=test", "--boxer", "components", "--run-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.strip().startswith("log"):
-                break
-        out = "".join(lines)
-        assert "srum judge server ready" in out, out + proc.stderr.read()
+        out = ready_banner(proc)
         assert f"grpc     127.0.0.1:{grpc_port}" in out
         http_url = re.search(r"http\s+(http://\S+)", out).group(1)
         assert re.search(r"metrics\s+http://127\.0\.0\.1:\d+/metrics", out)
