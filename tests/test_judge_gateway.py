@@ -164,6 +164,7 @@ def test_client_reads_the_key_from_a_file_or_the_environment_never_the_experimen
     assert "key" not in JudgeConfig.model_fields   # no field can hold the key itself
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 def test_serve_command_puts_the_gateway_in_front(tmp_path):
     """`srum judge serve --keys-file` (real subprocess): the printed gRPC address is the gateway's; a key from the
