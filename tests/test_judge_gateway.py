@@ -99,40 +99,75 @@ def test_plaintext_client_cannot_talk_to_the_tls_gateway(gateway):
         asyncio.run(go())
 
 
-@pytest.mark.triton
-def test_one_teams_flood_does_not_starve_another(gateway):
-    """Team A keeps 48 requests in flight (its limit is 2 at Triton); team B, meanwhile, asks 20 questions one
-    at a time. B's answers come at the pace of an idle server plus at most A's two slots, never behind A's queue."""
-    flood, lone = _inputs(48), _inputs(20)
+def _scene_png(size=512) -> bytes:
+    """A busy scene the components boxer needs ~50 ms for (a judgment of the toy judge takes ~3 ms, too
+    little for any backlog to build up at Triton)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = np.full((size, size, 3), 255, np.uint8)
+    for _ in range(12):
+        x, y = rng.integers(0, size - 64, 2)
+        img[y:y + 60, x:x + 60] = rng.integers(0, 255, 3)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _flood(url, ca, n_flood=150, n_lone=5):
+    """Team A sends 150 box proposals at once (~4 s of boxer work); 0.2 s later team B asks for 5, one at a
+    time. Returns B's latencies (s, sorted), when B finished and when A finished (s from the start)."""
+    from srum_jobs.judging.client import TritonTransport
+    from srum_jobs.judging.protocols import BoxOptions
+
+    png = _scene_png()
 
     async def go():
-        async with _transport(gateway, KEY_A, max_in_flight=48, timeout_s=120) as ta, \
-                _transport(gateway, KEY_B) as tb:
+        async with TritonTransport(url, key=KEY_A, tls_ca_file=ca, max_in_flight=n_flood, timeout_s=120) as ta, \
+                TritonTransport(url, key=KEY_B, tls_ca_file=ca, timeout_s=120) as tb:
             started = time.perf_counter()
-            flood_task = asyncio.gather(*[ta.judge(p, s, JudgeParams(max_new_tokens=16)) for p, s in flood * 3])
-            await asyncio.sleep(0.2)                          # A's queue is full before B starts
+            flood_task = asyncio.gather(*[ta.propose_boxes(png, BoxOptions()) for _ in range(n_flood)])
+            await asyncio.sleep(0.2)                          # A's backlog is there before B starts
             latencies = []
-            for p, s in lone:
+            for _ in range(n_lone):
                 t0 = time.perf_counter()
-                await tb.judge(p, s, JudgeParams(max_new_tokens=16))
+                await tb.propose_boxes(png, BoxOptions())
                 latencies.append(time.perf_counter() - t0)
             b_done = time.perf_counter() - started
-            replies = await flood_task
-            a_done = time.perf_counter() - started
-        return latencies, b_done, a_done, replies
+            assert len(await flood_task) == n_flood
+            return sorted(latencies), b_done, time.perf_counter() - started
 
-    latencies, b_done, a_done, replies = asyncio.run(go())
-    assert len(replies) == 144 and all(r.text.startswith("Score:") for r in replies)
-    assert b_done < a_done, "team B finished its 20 questions before team A's flood of 144 was through"
-    latencies.sort()
-    # an idle toy judge answers in a few ms; behind A's 144 queued requests B would wait seconds
-    assert latencies[len(latencies) // 2] < 0.5, latencies
+    return asyncio.run(go())
+
+
+@pytest.mark.triton
+def test_one_teams_flood_does_not_starve_another(gateway, triton_server):
+    """With team A limited to 2 requests at Triton, team B's requests wait behind at most those 2, not behind
+    A's backlog: B finishes long before A. The same flood through a gateway without limits (the control)
+    puts B behind A's whole backlog."""
     import re
 
+    limited, b_done, a_done = _flood(gateway.url, gateway.ca)
+    teams = {"team-a": TeamPolicy("team-a", key_digest(KEY_A), max_in_flight=10_000),
+             "team-b": TeamPolicy("team-b", key_digest(KEY_B), max_in_flight=10_000)}
+    control = JudgeGateway(triton_server.grpc_url, teams, tls_cert=gateway.ca,
+                           tls_key=gateway.ca.replace("tls.crt", "tls.key")).run_in_thread()
+    try:
+        unlimited, _, _ = _flood(f"127.0.0.1:{control.gateway.port}", gateway.ca)
+    finally:
+        control.stop()
+    print(f"team B, s per request: limited {[round(v, 3) for v in limited]}, no limits "
+          f"{[round(v, 3) for v in unlimited]}; with limits B done at {b_done:.1f} s, A at {a_done:.1f} s")
+    assert b_done < a_done, (b_done, a_done)
+    assert limited[-1] < 1.0, limited
+    assert unlimited[-1] > 2 * limited[-1], (limited, unlimited)
     metrics = gateway.gateway.metrics_text()
-    # 20 judgments plus the readiness and metadata calls of the client's start()
+    # B's requests plus the readiness and metadata calls of the client's start()
     ok_b = int(re.search(r'srum_judge_gateway_requests_total\{team="team-b",code="OK"\} (\d+)', metrics).group(1))
-    assert ok_b >= 20
+    assert ok_b >= 5
 
 
 def test_keys_file_is_validated_naming_the_field(tmp_path):
