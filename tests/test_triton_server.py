@@ -556,7 +556,12 @@ def test_sequential_requests_never_stall_in_the_batcher(triton_server):
                 t0 = time.perf_counter()
                 await t.judge(png, text, JudgeParams(max_new_tokens=16))
                 latencies.append(time.perf_counter() - t0)
-            after = _queue_ns(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
+            # Triton records a request's statistics just after sending its response: wait for the last one
+            for _ in range(40):
+                after = _queue_ns(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
+                if after[0] - before[0] >= len(inputs) - 1:
+                    break
+                await asyncio.sleep(0.05)
         return latencies, after[0] - before[0], after[1] - before[1]
 
     latencies, queued, queue_ns = _run(go())
