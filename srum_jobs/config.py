@@ -105,9 +105,19 @@ class JudgeConfig(_Section):
     temperature: float = Field(0.0, ge=0)
     think: bool = False
     verify_boxes: bool = Field(True, description="paper's box verification; False = top regions by area (reference code)")
+    verify_candidates: int = Field(0, ge=0, le=256, description="with verify_boxes: how many of the largest boxes "
+                                   "verification sees (at least reward.max_regions; the largest confirmed "
+                                   "reward.max_regions are kept)")
     cache: bool = Field(True, description="cache judgments in storage keyed by model, image and instruction")
     templates_dir: Optional[str] = Field(None, description="directory overriding the default judge prompt templates")
     team: Optional[str] = Field(None, description="attribution in the shared server's log")
+    key_file: Optional[str] = Field(None, description="file holding this team's judge key (a mounted Secret); the "
+                                                      "key itself never goes in the experiment file")
+    key_env: str = Field("SRUM_JUDGE_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                         description="environment variable holding the team's judge key when key_file is unset")
+    tls: bool = Field(False, description="talk TLS to the judge (the gateway's certificate)")
+    tls_ca_file: Optional[str] = Field(None, description="CA bundle that signed the judge's certificate "
+                                                         "(implies tls); None = the system's roots")
 
     @field_validator("url")
     @classmethod
@@ -190,20 +200,48 @@ class EvalConfig(_Section):
     understanding_check: bool = True
 
 
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(k|Ki|M|Mi|G|Gi|T|Ti)?$"
+
+
 class ResourcesConfig(_Section):
     cpu: str = "4"
     memory: str = "16Gi"
     gpu: int = Field(0, ge=0, le=16)
-    scratch: Optional[str] = Field(None, description="size limit of the pod's emptyDir scratch, e.g. 100Gi")
+    scratch: str = Field("50Gi", pattern=_QUANTITY,
+                         description="size limit of the pod's emptyDir scratch (the kubelet evicts a pod past it)")
+    shm: str = Field("8Gi", pattern=_QUANTITY,
+                     description="size limit of /dev/shm (memory-backed; GPU and training pods only)")
+
+
+class NetworkPolicyConfig(_Section):
+    """Egress of the stage pods (`srum enqueue`; the Helm chart has its own for the driver): DNS, S3, the judge."""
+
+    enabled: bool = True
+    s3_cidrs: List[str] = Field(default_factory=lambda: ["0.0.0.0/0"],
+                                description="where S3 is (AWS S3 has no fixed range: any address, port-limited)")
+    s3_ports: List[int] = Field(default_factory=lambda: [443])
+    s3_namespace: Optional[str] = Field(None, description="namespace of an in-cluster S3 (MinIO), on s3_ports")
+    judge_namespace: Optional[str] = Field("srum-judge", description="namespace of the shared judge (k8s/)")
+    judge_ports: List[int] = Field(default_factory=lambda: [8001])
+
+
+class ExtraEnv(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    value: str
 
 
 class ClusterConfig(_Section):
     namespace: str = "srum"
-    image: str = "ghcr.io/srum/srum-jobs:0.1.0"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image: str = Field("ghcr.io/srum/srum-jobs:0.1.0", description="a pinned tag, or name@sha256:DIGEST")
+    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(
+        None, description="None: IfNotPresent for an image pinned by digest, Always for a tag (a re-pushed tag "
+                          "is never run stale)")
     service_account: Optional[str] = None
-    s3_secret: Optional[str] = Field(None, description="existing Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-    queue_name: Optional[str] = Field(None, description="Kueue LocalQueue; Jobs are created suspended")
+    s3_secret: Optional[str] = Field(None, description="existing Secret whose key `credentials` is an AWS shared "
+                                                       "credentials file; mounted read-only as a file, never env")
+    queue_name: Optional[str] = Field(None, description="Kueue LocalQueue of the GPU stages; Jobs are created suspended")
+    cpu_queue_name: Optional[str] = Field(None, description="Kueue LocalQueue of the CPU-only stages (rewards, report); "
+                                                            "None: they are not queued")
     generate_parallelism: int = Field(4, ge=1)
     backoff_limit_per_index: int = Field(3, ge=0)
     ttl_seconds_after_finished: int = Field(86400, ge=0)
@@ -212,8 +250,17 @@ class ClusterConfig(_Section):
     eval: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=1))
     rewards: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=0))
     report: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(gpu=0))
-    node_selector: Dict[str, str] = Field(default_factory=dict)
-    tolerations: List[Dict[str, str]] = Field(default_factory=list)
+    node_selector: Dict[str, str] = Field(default_factory=dict, description="GPU stages only")
+    tolerations: List[Dict[str, str]] = Field(default_factory=list, description="GPU stages only")
+    cpu_node_selector: Dict[str, str] = Field(default_factory=dict, description="CPU-only stages (rewards, report)")
+    cpu_tolerations: List[Dict[str, str]] = Field(default_factory=list, description="CPU-only stages")
+    extra_env: List[ExtraEnv] = Field(default_factory=list, description="added to every stage container "
+                                      "(never credentials: those go in mounted Secrets)")
+    extra_volumes: List[Dict[str, Any]] = Field(default_factory=list, description="Kubernetes volumes added to every "
+                                                "stage pod (e.g. a Secret or a read-only weights PVC)")
+    extra_volume_mounts: List[Dict[str, Any]] = Field(default_factory=list, description="mounts of extra_volumes "
+                                                      "in every stage container")
+    network_policy: NetworkPolicyConfig = Field(default_factory=NetworkPolicyConfig)
 
 
 class Experiment(_Section):
