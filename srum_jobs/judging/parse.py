@@ -464,7 +464,9 @@ def _parse_regions_body(body: str, n: int) -> Dict[int, RegionParse]:
 
 # ------------------------------------------------------------------------------------------- verify
 
-_ANSWER = re.compile(r"\banswer\b[\"']?[^\S\n]*[:=][\s\[\(`\"'<_]*(yes|no|true|false|y|n)\b", re.I)
+# "Answer: <yes or no>" echoed from the format is not an answer (the lookahead skips "yes or no", "yes/no").
+_ANSWER = re.compile(r"\banswer\b[\"']?[^\S\n]*[:=][\s\[\(`\"'<_]*(yes|no|true|false|y|n)\b"
+                     r"(?![^\S\n]*(?:or|/)[^\S\n]*(?:yes|no)\b)", re.I)
 _LEADING_YES_NO = re.compile(r"^[\s\[\(`\"'<_]*(yes|no)\b", re.I)
 _YES = {"yes", "true", "y"}
 _YES_NO = _YES | {"no", "false", "n"}
