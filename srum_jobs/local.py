@@ -182,10 +182,12 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, w
 
             with phase("base model (pretrain or cache)"):
                 ensure_base(exp.model.params.get("preset", "demo"))  # once, here, not in every child
-        if exp.judge.url is None and "generate" in stages:
+        if exp.judge.url is None and ("generate" in stages or "eval" in stages):
+            from .evaluation.evaluator import local_evaluator_models
             from .judging.server import LocalTritonServer, models_for_judge_config
 
-            server = LocalTritonServer(models_for_judge_config(exp.judge), run_dir=workdir / "triton")
+            server = LocalTritonServer({**models_for_judge_config(exp.judge), **local_evaluator_models(exp)},
+                                       run_dir=workdir / "triton")
             with phase("judge server start"):
                 server.start()
             exp_data = json.loads(json.dumps(exp_data))
