@@ -241,6 +241,7 @@ class EvalConfig(_Section):
                                                             "toy_rules | hf | bagel | module:Class")
     evaluator_params: Dict[str, str] = Field(default_factory=dict)
     templates_dir: Optional[str] = Field(None, description="directory overriding evaluator instruction templates")
+    max_new_tokens: int = Field(512, ge=1, description="evaluator answer budget (the SRUM reference uses 512)")
     bootstrap_resamples: int = Field(2000, ge=100, le=1000000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     per_step: PerStepConfig = Field(default_factory=PerStepConfig)

@@ -117,10 +117,15 @@ class Benchmark:
     def aggregate(self, means: Mapping[str, Any], counts: Mapping[str, int]) -> Dict[str, Any]:
         """Per-category means (floats, or numpy arrays of bootstrap replicates) -> every table row.
         Default: categories as they are, overall = the mean over items (categories weighted by size)."""
-        out = dict(means)
-        total = sum(counts[c] for c in means)
-        out["overall"] = sum(means[c] * counts[c] for c in means) / total if total else None
-        return out
+        return size_weighted(means, counts)
+
+
+def size_weighted(means: Mapping[str, Any], counts: Mapping[str, int]) -> Dict[str, Any]:
+    """The categories as they are and an overall row weighting each category by its number of prompts."""
+    out = dict(means)
+    total = sum(counts[c] for c in means)
+    out["overall"] = sum(means[c] * counts[c] for c in means) / total if total else None
+    return out
 
 
 def ordered(categories: Sequence[str], order: Sequence[str]) -> List[str]:
