@@ -199,3 +199,54 @@ def test_toy_benchmark_through_the_triton_evaluator(triton_server, tmp_path, toy
         assert r["values"]["accuracy"] == float(evaluate_image(ctx.store.get_png(r["image_key"]), r["prompt"]))
         assert r["answers"][0]["text"].startswith("Answer: ")
     assert ctx.store.get_json(summary_key(ctx.layout))["benchmarks"]["toy"]["runs"]["base/plain"]["items"] == 6
+
+
+def test_analyses_per_step_and_clusters_on_the_toy_world(tmp_path, monkeypatch):
+    """Both analyses for base, trained and a named extra checkpoint; the last sampling step's prediction
+    is the generated image; resumable per checkpoint; tables and plots reach the report."""
+    import srum_jobs.evaluation.evaluator as evaluator_mod
+    import srum_jobs.stages.common as common
+    from srum_jobs.evaluation import analyses
+    from srum_jobs.models.base import load_model
+    from srum_jobs.models.toy.pretrain import ensure_base
+
+    monkeypatch.setattr(evaluator_mod, "evaluator_transport", _in_process(ToyRulesEvaluator({})))
+    loads = []
+
+    def fresh(ctx, **kw):
+        loads.append(kw)
+        return load_model("toy", {"preset": "test"})
+    monkeypatch.setattr(common, "load_round_model", fresh)
+    exp = _exp(tmp_path, per_step={"enabled": True, "prompts": 4, "steps": [1, 2],
+                                   "checkpoints": {"sft": str(ensure_base("test"))}},
+               clusters={"enabled": True, "inputs": 4, "clusters": 3})
+    ctx = StageContext.create(exp, 1)
+    analyses.run_analyses(ctx, progress=False)
+    a = analyses.load_analyses(ctx)
+    assert set(a["per_step"]) == {"base", "trained", "sft"} and set(a["clusters"]) == {"base", "trained"}
+    for r in a["per_step"].values():
+        assert set(r["scores"]) == {"1", "2"}
+        for cell in r["scores"].values():
+            assert cell["n"] == 4 and all(0 <= cell[k] <= 100 for k in ("layout", "detail"))
+    base = a["clusters"]["base"]["clusters"]
+    assert [c["cluster"] for c in base] == [0, 1, 2] and sum(c["units"] for c in base) == a["clusters"]["base"]["units"]
+    assert base[0]["specialisation"] >= base[-1]["specialisation"]      # ordered und-specific -> gen-specific
+    # the toy's understanding side and generator share no layer: the extreme clusters are fully specialised
+    assert base[0]["specialisation"] == pytest.approx(1.0) and base[-1]["specialisation"] == pytest.approx(-1.0)
+    n = len(loads)
+    analyses.run_analyses(ctx, progress=False)                             # done: nothing is loaded again
+    assert len(loads) == n
+    tables = dict(analyses.analysis_tables(a))
+    assert any(t.startswith("Per-step") for t in tables) and len(analyses.analysis_figures(a)) == 2
+
+
+def test_predicted_x0_last_step_is_the_generated_image(toy_model):
+    import numpy as np
+
+    prompts, seeds = ["a red circle above a blue square", "two green triangles"], [3, 4]
+    x0 = toy_model.predicted_x0(prompts, seeds, steps=3, guidance=2.0, at_steps=[1, 3])
+    final = toy_model.generate(prompts, seeds, steps=3, guidance=2.0)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b.image)) for a, b in zip(x0[3], final))
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(x0[1], x0[3]))
+    with pytest.raises(ValueError, match="outside 1..3"):
+        toy_model.predicted_x0(prompts, seeds, steps=3, at_steps=[4])

@@ -111,13 +111,14 @@ class Scorer:
         self.params = JudgeParams(max_new_tokens=max_new_tokens, temperature=0.0, think=False)
         self.limiter = asyncio.Semaphore(judge.max_in_flight)
 
-    async def score(self, bench: Benchmark, prompt: Prompt, image_png: bytes):
-        async def ask(key: str, instruction: str, parse: Callable[[str], Any]) -> Answer:
-            res, raw, made = await ask_with_retries(self.transport, image_png, instruction, self.params, parse,
-                                                    lambda r: int(bool(r.parsed)), 1, self.attempts, self.limiter)
-            return Answer(parsed=bool(res.parsed), value=res.value, text=raw, attempts=made)
+    async def ask(self, image_png: bytes, key: str, instruction: str, parse: Callable[[str], Any]) -> Answer:
+        """One question; re-asked (with a format reminder) while unreadable, up to judge.parse_attempts."""
+        res, raw, made = await ask_with_retries(self.transport, image_png, instruction, self.params, parse,
+                                                lambda r: int(bool(r.parsed)), 1, self.attempts, self.limiter)
+        return Answer(parsed=bool(res.parsed), value=res.value, text=raw, attempts=made)
 
-        return await bench.score(ask, prompt)
+    async def score(self, bench: Benchmark, prompt: Prompt, image_png: bytes):
+        return await bench.score(lambda key, ins, parse: self.ask(image_png, key, ins, parse), prompt)
 
 
 # ----------------------------------------------------------------------------------------------- runs
