@@ -446,3 +446,16 @@ def test_cli_jsonl_1000_lines_fast_without_torch(tmp_path):
     assert out[0]["regions"]["5"] == {"score": 0.5, "object": "thing 5"}
     assert out[1]["score"] == -0.9
     assert wall < 2.0, f"JSONL mode took {wall:.2f} s for 1,000 lines"
+
+
+@pytest.mark.parametrize("kind, text, out", [
+    ("compbench", '{"score": 72, "explanation": "x"}', {"parsed": True, "value": 72.0}),
+    ("compbench", "score: 70-80", {"parsed": False, "value": None}),
+    ("wise", "Consistency: 10\nRealism: 1\nAesthetic Quality: 0", {"parsed": False, "value": None}),
+    ("yesno", "Yes.", {"parsed": True, "value": True}),
+    ("count", "There are two clocks.", {"parsed": True, "value": 2}),
+])
+def test_cli_evaluator_kinds(kind, text, out):
+    res = CliRunner().invoke(parse_command, ["--kind", kind], input=text)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == out
