@@ -13,7 +13,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from pydantic import ValidationError
 
@@ -65,35 +65,14 @@ def parse_prompts(text: str, fmt: str = "auto", source: str = "<prompts>") -> Li
     if fmt in BENCHMARK_FORMATS:
         prompts = _benchmark_prompts(fmt, source, text=text)
     elif fmt == "compbench":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PromptError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-        except (ValueError, RecursionError) as e:
-            raise PromptError(f"{source}: not valid JSON (line 1: {e})") from None
-        if not isinstance(data, list):
-            raise PromptError(f"{source}: a T2I-CompBench file is a JSON list, got {type(data).__name__}")
-        for i, row in enumerate(data):
-            where = f"entry {i}"
-            if not isinstance(row, dict):
-                raise PromptError(f"{source}: {where}: must be an object")
+        for where, row in json_rows(text, source, lines=False, what="T2I-CompBench file"):
             for field in ("Question", "Category", "Question_id"):
                 if field not in row:
                     raise PromptError(f"{source}: {where}: field '{field}' is missing")
             prompts.append(_make(source, where, len(prompts), row["Question_id"], row["Question"], row["Category"]))
     elif fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(f"{source}: {where}: not valid JSON ({e.msg})") from None
-            except (ValueError, RecursionError) as e:
-                raise PromptError(f"{source}: {where}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise PromptError(f"{source}: {where}: must be a JSON object")
+        for where, row in json_rows(text, source, lines=True):
+            lineno = int(where.split()[-1])
             if "prompt" not in row:
                 raise PromptError(f"{source}: {where}: field 'prompt' is missing")
             unknown = set(row) - {"prompt", "category", "id", "meta"}
@@ -261,3 +240,34 @@ def _benchmark_prompts(fmt: str, source: str, *, text: Optional[str] = None, uri
             raise PromptError(f"{source}: prompt id {p.id!r} appears twice (entries {seen[p.id]} and {p.index})")
         seen[p.id] = p.index
     return prompts
+
+
+def json_rows(text: str, source: str, *, lines: bool, what: str = "file") -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """("line N" | "entry i", row) for every JSON object of a JSONL text (`lines`, blank lines skipped) or of
+    a JSON list; a row that is not valid JSON or not an object is a PromptError naming the source and the
+    line or entry."""
+    if lines:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                row = _loads(line, f"{source}: line {lineno}: not valid JSON ({{}})", whole_file=False)
+                if not isinstance(row, dict):
+                    raise PromptError(f"{source}: line {lineno}: must be a JSON object")
+                yield f"line {lineno}", row
+        return
+    data = _loads(text, f"{source}: not valid JSON ({{}})", whole_file=True)
+    if not isinstance(data, list):
+        raise PromptError(f"{source}: a {what} is a JSON list, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise PromptError(f"{source}: entry {i}: must be an object")
+        yield f"entry {i}", row
+
+
+def _loads(text: str, message: str, *, whole_file: bool) -> Any:
+    """json.loads, or a PromptError `message` (with "{}" for the reason; a whole file's names line and column)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptError(message.format(f"line {e.lineno}, column {e.colno}: {e.msg}" if whole_file else e.msg)) from None
+    except (ValueError, RecursionError) as e:
+        raise PromptError(message.format(f"line 1: {e}" if whole_file else e)) from None

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import numpy as np
 import pytest

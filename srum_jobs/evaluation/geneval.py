@@ -24,7 +24,6 @@ Prompts: `evaluation_metadata.jsonl` as published, one {"tag", "include", "exclu
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Mapping
 
 from ..judging.parse import parse_count, parse_yes_no
@@ -35,24 +34,18 @@ RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above"
 
 
 class GenEvalFormatError(ValueError):
-    pass
+    """GenEval metadata that cannot be used; the message names the file, the line and the field."""
 
 
 def parse_prompts(text: str, source: str) -> List[Any]:
     """GenEval metadata JSONL -> prompts (category = tag; meta = tag, include, exclude)."""
     from ..records import Prompt
 
+    from ..prompts import json_rows
+
     prompts: List[Any] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{source}: line {lineno}"
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            raise GenEvalFormatError(f"{where}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise GenEvalFormatError(f"{where}: must be a JSON object")
+    for line, row in json_rows(text, source, lines=True):
+        lineno, where = int(line.split()[-1]), f"{source}: {line}"
         unknown = set(row) - {"tag", "include", "exclude", "prompt"}
         if unknown:
             raise GenEvalFormatError(f"{where}: unknown field(s) {sorted(unknown)} for GenEval metadata")

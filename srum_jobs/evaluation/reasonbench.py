@@ -87,16 +87,12 @@ def join(dim: str, prompts_text: str, questions_text: str, prompts_source: str, 
 
     pfile, efile, acc_groups, quality = DIMENSIONS[dim]
     rows, qrows = [], []
+    from ..prompts import json_rows
+
     for text, source, out in ((prompts_text, prompts_source, rows), (questions_text, questions_source, qrows)):
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise ReasonBenchFormatError(f"{source}: not valid JSON ({e})") from None
-        if not isinstance(data, list):
-            raise ReasonBenchFormatError(f"{source}: a T2I-ReasonBench file is a JSON list")
-        for i, r in enumerate(data):
-            if not isinstance(r, dict) or isinstance(r.get("id"), bool) or not isinstance(r.get("id"), int):
-                raise ReasonBenchFormatError(f"{source}: entry {i}: field 'id' must be an integer")
+        for entry, r in json_rows(text, source, lines=False, what="T2I-ReasonBench file"):
+            if isinstance(r.get("id"), bool) or not isinstance(r.get("id"), int):
+                raise ReasonBenchFormatError(f"{source}: {entry}: field 'id' must be an integer")
             out.append(r)
     by_id = {r["id"]: r for r in qrows}
     if len(by_id) != len(qrows):

@@ -22,11 +22,11 @@ pairs; base vs trained compared with the paired bootstrap over items.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..judging.parse import parse_choice, parse_sample, parse_yes_no
+from ..prompts import PromptError
 from .protocol import TemplateSet, spec
 
 FIXTURE = "builtin://vqa-fixture"
@@ -49,8 +49,8 @@ class VQAItem:
         return "choice" if self.options else "yes_no"
 
 
-class VQAError(ValueError):
-    pass
+class VQAError(PromptError):
+    """A VQA set that cannot be used; the message names the file, the line and the field."""
 
 
 def load_items(source: Optional[str], storage: Any = None, limit: Optional[int] = None) -> List[VQAItem]:
@@ -68,21 +68,13 @@ def load_items(source: Optional[str], storage: Any = None, limit: Optional[int] 
 def _read_jsonl(source: str, storage: Any) -> List[VQAItem]:
     from PIL import Image
 
-    from ..prompts import read_source
+    from ..prompts import json_rows, read_source
 
     text, _ = read_source(source, storage)
     base = source.rsplit("/", 1)[0] if "/" in source else "."
     items: List[VQAItem] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{source}: line {lineno}"
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise VQAError(f"{where}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise VQAError(f"{where}: must be a JSON object")
+    for line, row in json_rows(text, source, lines=True):
+        lineno, where = int(line.split()[-1]), f"{source}: {line}"
         for f in ("image", "question", "answer"):
             if not isinstance(row.get(f), str) or not row[f].strip():
                 raise VQAError(f"{where}: field '{f}' must be a non-empty string")

@@ -19,7 +19,6 @@ The later `verified_merge.json` revision imports the same way (same fields); its
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Dict, List, Mapping
 
@@ -44,17 +43,11 @@ def parse_prompts(text: str, source: str) -> List[Any]:
     """A WISE JSON list -> prompts (id wise-<prompt_id>; meta keeps explanation, subcategory, prompt_id)."""
     from ..records import Prompt
 
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise WiseFormatError(f"{source}: not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise WiseFormatError(f"{source}: a WISE file is a JSON list, got {type(data).__name__}")
+    from ..prompts import json_rows
+
     out = []
-    for i, row in enumerate(data):
-        where = f"{source}: entry {i}"
-        if not isinstance(row, dict):
-            raise WiseFormatError(f"{where}: must be an object")
+    for entry, row in json_rows(text, source, lines=False, what="WISE file"):
+        where = f"{source}: {entry}"
         for f in ("Prompt", "Explanation", "Category", "prompt_id"):
             if f not in row:
                 raise WiseFormatError(f"{where}: field '{f}' is missing")

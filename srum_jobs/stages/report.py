@@ -9,7 +9,7 @@ import base64
 import html
 import io
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
