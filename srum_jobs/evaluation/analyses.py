@@ -243,15 +243,20 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100) -> np.ndarray
 
 def cluster_units(a_und: np.ndarray, a_gen: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Cluster labels from the base checkpoint's profiles, renumbered from most understanding-specific
-    (0) to most generation-specific."""
+    (0) to most generation-specific; -1 for units that never ran in either task (left out)."""
     total = a_und + a_gen
-    spec = np.where(total > 0, (a_und - a_gen) / np.maximum(total, 1e-12), 0.0)
-    strength = np.log(total + 1e-6)
+    active = total > 0
+    labels = np.full(len(total), -1, dtype=int)
+    if not active.any():
+        return labels
+    spec = (a_und[active] - a_gen[active]) / total[active]
+    strength = np.log(total[active])
     feats = np.stack([spec, (strength - strength.mean()) / (strength.std() + 1e-12) * 0.5], 1)
-    labels = kmeans(feats, k, seed)
-    order = sorted(set(labels), key=lambda j: -spec[labels == j].mean())
+    got = kmeans(feats, k, seed)
+    order = sorted(set(got), key=lambda j: -spec[got == j].mean())
     remap = {old: new for new, old in enumerate(order)}
-    return np.array([remap[j] for j in labels])
+    labels[active] = [remap[j] for j in got]
+    return labels
 
 
 def run_clusters(ctx: Any, progress: bool = True) -> None:
@@ -289,6 +294,7 @@ def run_clusters(ctx: Any, progress: bool = True) -> None:
             rows.append({"cluster": j, "units": int(m.sum()), "understanding": u, "generation": gg,
                          "specialisation": (u - gg) / (u + gg) if u + gg > 0 else 0.0})
         ctx.store.put_json(key, {"checkpoint": name, "clusters": rows, "units": int(len(labels)),
+                                 "inactive_units": int((labels < 0).sum()),
                                  "tasks": {"understanding": len(items), "generation": len(prompts)}})
         ctx.say(f"cluster analysis: {name} done")
 

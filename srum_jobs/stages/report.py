@@ -9,7 +9,7 @@ import base64
 import html
 import io
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -47,9 +47,20 @@ def _html_table(rows: List[List[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _grid_figure(ctx: StageContext, summary: Dict[str, Any]):
+def _verdict(row: Dict[str, Any], metric: str, unit: str) -> Tuple[str, str]:
+    """(text, colour) of one image's score: correct/wrong for a 0/1 metric, the value otherwise."""
+    v = row["values"].get(metric) if row["parsed"] else None
+    if v is None:
+        return "unparsed", "gray"
+    if v in (0.0, 1.0) and unit == "%":
+        return ("correct", "green") if v == 1.0 else ("wrong", "crimson")
+    return tables.fmt_value(v, unit), "black"
+
+
+def _grid_figure(ctx: StageContext, summary: Dict[str, Any], mode: str = "plain"):
     """Same prompts and seeds before and after, picked at random (seeded) across categories: the examples
-    are neither the best nor the worst, so the grid shows what a typical change looks like."""
+    are neither the best nor the worst, so the grid shows what a typical change looks like. In think mode
+    each image carries the model's plan."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -58,8 +69,8 @@ def _grid_figure(ctx: StageContext, summary: Dict[str, Any]):
     if not h:
         return None
     shards = ctx.layout.stage_shards_done("eval")
-    base = read_results(ctx.store, ctx.layout, Run(h["benchmark"], "base", "plain"), shards)
-    trained = read_results(ctx.store, ctx.layout, Run(h["benchmark"], "trained", "plain"), shards)
+    base = read_results(ctx.store, ctx.layout, Run(h["benchmark"], "base", mode), shards)
+    trained = read_results(ctx.store, ctx.layout, Run(h["benchmark"], "trained", mode), shards)
     by_key = {(r["index"], r["sample"]): r for r in trained}
     pairs = [(b, by_key[(b["index"], b["sample"])]) for b in base if (b["index"], b["sample"]) in by_key]
     if not pairs:
@@ -74,19 +85,25 @@ def _grid_figure(ctx: StageContext, summary: Dict[str, Any]):
             if depth < len(by_cat[cat]) and len(picked) < MAX_GRID:
                 picked.append(by_cat[cat][depth])
     metric, unit = h["metric"], h["unit"]
-    fig, axes = plt.subplots(2, len(picked), figsize=(1.9 * len(picked), 4.6), squeeze=False)
+    think = mode == "think"
+    fig, axes = plt.subplots(2, len(picked), figsize=(1.9 * len(picked), 6.2 if think else 4.6), squeeze=False)
     for j, (b, t) in enumerate(picked):
         for i, (row, label) in enumerate(((b, "base"), (t, "trained"))):
             ax = axes[i][j]
             ax.imshow(np.asarray(ctx.store.get_png(row["image_key"]).convert("RGB")), interpolation="nearest")
-            v = row["values"].get(metric) if row["parsed"] else None
-            color = "gray" if v is None else "black" if unit != "%" else "green" if v >= 0.5 else "crimson"
-            ax.set_title(f"{label}: {'unparsed' if v is None else tables.fmt_value(v, unit)}", fontsize=8,
-                         color=color)
+            text, color = _verdict(row, metric, unit)
+            ax.set_title(f"{label}: {text}", fontsize=8, color=color)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[1][j].set_xlabel("\n".join(_wrap(b["prompt"], 22)), fontsize=7)
-    fig.suptitle("Same prompts and seeds (picked at random), before (top) and after (bottom) SRUM", fontsize=10)
+            if think and row.get("think_text"):
+                ax.set_xlabel("\n".join(_wrap(row["think_text"][:90], 24)), fontsize=5.5, color="#555")
+        label = "\n".join(_wrap(b["prompt"], 22))
+        if think:
+            axes[0][j].set_title(label + "\n" + axes[0][j].get_title(), fontsize=7)
+        else:
+            axes[1][j].set_xlabel(label, fontsize=7)
+    fig.suptitle("Same prompts and seeds (picked at random), before (top) and after (bottom) SRUM"
+                 + (", think mode: the plan under each image" if think else ""), fontsize=10)
     return fig
 
 
@@ -234,8 +251,11 @@ def _eval_sections(summary: Dict[str, Any], round: int) -> tuple:
         html_parts.append(f"<h2>{html.escape(b['title'])}</h2>")
         md_parts.append(f"## {b['title']}")
         for metric, rows in tables.benchmark_tables(b, conf):
-            html_parts.append(f"<h3>{html.escape(metric)}</h3>" + _html_table(rows))
+            html_parts.append((f"<h3>{html.escape(metric)}</h3>" if len(b["metrics"]) > 1 else "") + _html_table(rows))
             md_parts += [f"### {metric}", "", _md_table(rows), ""]
+        fig = _change_figure(b, conf)
+        if fig is not None:
+            html_parts.append(f"<img src='{_b64_png(fig)}' alt='change-{html.escape(name)}'>")
         unparsed = tables.unparsed_table(b)
         if unparsed:
             html_parts.append("<p>Unparsed evaluator answers (excluded from every mean), per category:</p>"
@@ -244,9 +264,6 @@ def _eval_sections(summary: Dict[str, Any], round: int) -> tuple:
         for run, why in b.get("skipped", {}).items():
             html_parts.append(f"<p><i>{html.escape(run)}: not evaluated ({html.escape(why)})</i></p>")
             md_parts.append(f"*{run}: not evaluated ({why})*")
-        fig = _change_figure(b, conf)
-        if fig is not None:
-            figures.append((f"change-{name}", f"{b['title']}: change per category", fig))
     u = summary.get("understanding")
     if u and u.get("runs"):
         rows = tables.understanding_table(u, conf)
@@ -276,7 +293,8 @@ def run(exp: Experiment, round: int) -> str:
     gen_markers = [ctx.layout.marker("generate", s) or {} for s in ctx.layout.stage_shards_done("generate")]
     n_records = max(1, stats.get("records", 0))
     unparsed = stats.get("global_unparsed", 0) / n_records
-    figures = [("grid", "Before and after", _grid_figure(ctx, summary)), *eval_figs,
+    figures = [("grid", "Before and after", _grid_figure(ctx, summary)),
+               ("grid-think", "Before and after, think mode", _grid_figure(ctx, summary, "think")), *eval_figs,
                ("maps", "Reward maps", _reward_map_figure(ctx)), ("loss", "Training", _loss_figure(ctx))]
     train = ctx.layout.marker("train", 0) or {}
     facts = [
