@@ -168,7 +168,9 @@ def prompts() -> None:
 @prompts.command("import")
 @click.argument("src")
 @click.argument("dest")
-@click.option("--format", "fmt", type=click.Choice(["auto", "compbench", "jsonl", "text"]), default="auto")
+# the formats of prompts.FORMATS (written out: the CLI root must not import pydantic)
+@click.option("--format", "fmt", type=click.Choice(["auto", "compbench", "jsonl", "text", "geneval", "wise", "reasonbench"]),
+              default="auto", help="auto recognises every format, a T2I-ReasonBench folder included")
 @click.option("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// SRC/DEST.")
 @click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (refused otherwise).")
 def prompts_import(src: str, dest: str, fmt: str, endpoint_url: Optional[str], overwrite: bool) -> None:
@@ -191,7 +193,8 @@ def prompts_import(src: str, dest: str, fmt: str, endpoint_url: Optional[str], o
     store = open_store(scheme + root, **({"endpoint_url": endpoint_url} if scheme == "s3://" else {}))
     if store.exists(key) and not overwrite:
         raise click.ClickException(f"{store.uri_for(key)} exists; pass --overwrite to replace it")
-    store.put_jsonl(key, ({"prompt": p.text, "category": p.category, "id": p.id} for p in items))
+    store.put_jsonl(key, ({"prompt": p.text, "category": p.category, "id": p.id, **({"meta": p.meta} if p.meta else {})}
+                          for p in items))
     click.echo(f"imported {len(items)} prompts into {store.uri_for(key)}")
     for cat, n in category_counts(items).items():
         click.echo(f"  {cat:<20} {n}")

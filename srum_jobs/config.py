@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 MAX_TRAINING_STEPS = 1_000_000          # far beyond any SRUM recipe (the paper trains 300); a typo guard
@@ -93,7 +93,8 @@ class JudgeConfig(_Section):
     judge_version: str = Field("", description="'' = the server's latest")
     boxer_model: str = "srum_boxer"
     boxer_version: str = ""
-    evaluator_model: Optional[str] = Field(None, description="a different model for eval (e.g. srum_evaluator)")
+    evaluator_model: Optional[str] = Field("srum_evaluator", description="the Triton model that scores the eval "
+                                                                         "stage: a different model than judge_model")
     backend: str = Field("toy", description="backend of the LOCAL server: toy | hf | bagel")
     boxer_backend: str = Field("components", description="boxer of the LOCAL server: components | sam")
     backend_params: Dict[str, str] = Field(default_factory=dict)
@@ -193,11 +194,110 @@ class TrainingConfig(_Section):
         return v
 
 
+BENCHMARK_NAMES = ("toy", "compbench", "geneval", "wise", "reasonbench")
+
+
+class BenchmarkConfig(_Section):
+    """One benchmark of the eval stage (srum_jobs/evaluation/<name>.py: protocol, parser, aggregation)."""
+
+    name: Literal["toy", "compbench", "geneval", "wise", "reasonbench"]
+    prompts: Optional[Union[str, List[str]]] = Field(
+        None, description="prompt file(s) of this benchmark (as `srum prompts import` reads them; several are "
+                          "concatenated, e.g. the three WISE files); None = prompts.eval_source")
+    format: Literal["auto", "compbench", "jsonl", "text", "geneval", "wise", "reasonbench"] = "auto"
+    limit: Optional[int] = Field(None, ge=1, description="first N prompts (after `categories`); None = all "
+                                                         "(prompts.eval_limit when the source is eval_source)")
+    categories: Optional[List[str]] = Field(None, description="keep only these categories")
+    samples_per_prompt: Optional[int] = Field(None, ge=1, description="None = eval.samples_per_prompt")
+
+
+class UnderstandingConfig(_Section):
+    """The understanding-regression check: yes/no and multiple-choice VQA through the model's own
+    `understand`, base vs trained (evaluation/understanding.py)."""
+
+    enabled: bool = True
+    source: Optional[str] = Field(None, description="a VQA set (JSONL; README 'Evaluation'); None = the "
+                                                    "shipped self-made set")
+    style: Literal["auto", "question", "judge"] = Field(
+        "auto", description="question: ask the question (VLMs); judge: pose each claim in the judge's own "
+                            "instruction format (models whose understanding only speaks it, the toy); auto "
+                            "picks judge for the toy adapter")
+    limit: Optional[int] = Field(None, ge=1)
+
+
+class PerStepConfig(_Section):
+    """The paper's per-step analysis (Fig. 4): the predicted x0 at chosen sampling steps, scored for layout
+    and detail by the evaluator, per named checkpoint."""
+
+    enabled: bool = False
+    steps: List[int] = Field(default_factory=list, description="sampling steps (1-based) whose predicted x0 is "
+                                                               "scored; empty = 5 evenly spaced")
+    prompts: int = Field(24, ge=1, le=10000, description="the first N prompts of the first benchmark")
+    checkpoints: Dict[str, str] = Field(default_factory=dict,
+                                        description="more named checkpoints beside base and trained, e.g. "
+                                                    "{sft: file:///ckpt/sft, sample_reward: ...}")
+
+
+class ClustersConfig(_Section):
+    """The paper's functional-cluster analysis (Appendix B): mean activation strength of clusters of units
+    on understanding vs generation tasks, per named checkpoint."""
+
+    enabled: bool = False
+    clusters: int = Field(6, ge=2, le=256)
+    inputs: int = Field(32, ge=2, le=4096, description="inputs per task type")
+    checkpoints: Dict[str, str] = Field(default_factory=dict)
+
+
 class EvalConfig(_Section):
-    benchmark: Literal["toy", "compbench", "geneval"] = "toy"
+    """The eval stage: base vs trained (and plain vs think) on each benchmark, scored by the srum_evaluator
+    model (judge.evaluator_model, never the model being trained), with paired bootstrap intervals."""
+
+    benchmarks: List[BenchmarkConfig] = Field(default_factory=lambda: [BenchmarkConfig(name="toy")], min_length=1)
     samples_per_prompt: int = Field(1, ge=1)
     seed: int = Field(1234, ge=0)
-    understanding_check: bool = True
+    modes: List[Literal["plain", "think"]] = Field(
+        default_factory=lambda: ["plain", "think"], min_length=1,
+        description="generation modes to evaluate; think runs only for a model that supports it")
+    judge_agreement: bool = Field(True, description="toy: how often the model's own judge agrees with the benchmark")
+    understanding: UnderstandingConfig = Field(default_factory=UnderstandingConfig)
+    evaluator_backend: str = Field("toy_rules", description="backend of the LOCAL server's srum_evaluator: "
+                                                            "toy_rules | hf | bagel | module:Class")
+    evaluator_params: Dict[str, str] = Field(default_factory=dict)
+    templates_dir: Optional[str] = Field(None, description="directory overriding evaluator instruction templates")
+    max_new_tokens: int = Field(512, ge=1, description="evaluator answer budget (the SRUM reference uses 512)")
+    bootstrap_resamples: int = Field(2000, ge=100, le=1000000)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    per_step: PerStepConfig = Field(default_factory=PerStepConfig)
+    clusters: ClustersConfig = Field(default_factory=ClustersConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """Files written before `benchmarks` keep working: `benchmark: X` is `benchmarks: [{name: X}]`, and
+        `understanding_check` is `judge_agreement`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "benchmark" in data:
+            if "benchmarks" in data:
+                raise ValueError("eval.benchmark (one name) was replaced by eval.benchmarks (a list); "
+                                 "give only eval.benchmarks")
+            old = data.pop("benchmark")
+            data["benchmarks"] = [{"name": old}] if isinstance(old, str) else old
+        if "understanding_check" in data:
+            if "judge_agreement" in data:
+                raise ValueError("eval.understanding_check was renamed eval.judge_agreement; give only that")
+            data["judge_agreement"] = data.pop("understanding_check")
+        return data
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique(cls, v: List[BenchmarkConfig]) -> List[BenchmarkConfig]:
+        names = [b.name for b in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"benchmark(s) {dup} listed twice")
+        return v
 
 
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(k|Ki|M|Mi|G|Gi|T|Ti)?$"

@@ -64,7 +64,7 @@ def default_experiment(preset: str, root: str) -> Dict[str, Any]:
     return {"name": f"toy-{preset}", "storage": {"root": root},
             "judge": {"url": None, "backend": "toy", "boxer_backend": "components",
                       "backend_params": {"preset": base["model"]["params"]["preset"]}},
-            "reward": {"mode": "reference"}, "eval": {"benchmark": "toy"}, **base}
+            "reward": {"mode": "reference"}, "eval": {"benchmarks": [{"name": "toy"}]}, **base}
 
 
 # ----------------------------------------------------------------------------------------- children
@@ -202,9 +202,11 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
 
         judge_work = [(r, s) for r in layouts for s in stages if stage_spec(s).uses_judge(exp) and not complete(s, r)]
         if exp.judge.url is None and judge_work:
+            from .evaluation.evaluator import local_evaluator_models
             from .judging.server import LocalTritonServer, models_for_judge_config
 
-            server = LocalTritonServer(models_for_judge_config(exp.judge), run_dir=workdir / "triton")
+            server = LocalTritonServer({**models_for_judge_config(exp.judge), **local_evaluator_models(exp)},
+                                       run_dir=workdir / "triton")
             with phase("judge server start"):
                 server.start()
             exp_data = json.loads(json.dumps(exp_data))

@@ -56,8 +56,9 @@ def _check_artifacts(ctx: StageContext) -> None:
     assert ctx.layout.completed_checkpoints()[-1] == exp.training.steps
     summary = ctx.store.get_json(ctx.layout.key("eval", "summary.json"))
     for v in ("base", "trained"):
-        assert summary["variants"][v]["items"] == exp.prompts.eval_limit
-        assert 0.0 <= summary["variants"][v]["overall"] <= 1.0
+        run = summary["benchmarks"]["toy"]["runs"][f"{v}/plain"]
+        assert run["items"] == exp.prompts.eval_limit
+        assert 0.0 <= run["metrics"]["accuracy"]["rows"]["overall"] <= 1.0
     page = ctx.store.get_text(ctx.layout.key("report", "report.html"))
     assert "data:image/png;base64," in page and "overall" in page
 

@@ -59,7 +59,7 @@ class NotAJudge:
 
 
 def test_unknown_backend_names_the_choices():
-    with pytest.raises(BackendError, match=r"unknown judge backend 'nope'; available: bagel, hf, toy"):
+    with pytest.raises(BackendError, match=r"unknown judge backend 'nope'; available: bagel, hf, toy, toy_rules"):
         backend_class("judge", "nope")
     with pytest.raises(BackendError, match=r"unknown boxer backend 'x'; available: components, sam"):
         backend_class("boxer", "x")
@@ -70,7 +70,8 @@ def test_unknown_backend_names_the_choices():
 def test_registries_point_at_the_agreed_classes():
     assert backends.JUDGE_BACKENDS == {"toy": "srum_jobs.models.toy.judge:ToyJudgeBackend",
                                        "hf": "srum_jobs.models.hf_judge:HFJudgeBackend",
-                                       "bagel": "srum_jobs.models.bagel:BagelJudgeBackend"}
+                                       "bagel": "srum_jobs.models.bagel:BagelJudgeBackend",
+                                       "toy_rules": "srum_jobs.models.toy.rules_evaluator:ToyRulesEvaluator"}
     assert backends.BOXER_BACKENDS == {"components": "srum_jobs.models.toy.components:ComponentsBoxer",
                                        "sam": "srum_jobs.models.sam_boxer:SamBoxer"}
 

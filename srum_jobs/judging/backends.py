@@ -28,6 +28,8 @@ JUDGE_BACKENDS: Dict[str, str] = {
     "toy": "srum_jobs.models.toy.judge:ToyJudgeBackend",
     "hf": "srum_jobs.models.hf_judge:HFJudgeBackend",
     "bagel": "srum_jobs.models.bagel:BagelJudgeBackend",
+    # the toy world's rule-based benchmark, for srum_evaluator: a different model than the one trained
+    "toy_rules": "srum_jobs.models.toy.rules_evaluator:ToyRulesEvaluator",
 }
 BOXER_BACKENDS: Dict[str, str] = {
     "components": "srum_jobs.models.toy.components:ComponentsBoxer",

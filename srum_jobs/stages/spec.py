@@ -29,9 +29,9 @@ class StageSpec:
     distributed: bool = False    # runs under torchrun: one process per GPU, possibly several nodes
 
     def uses_judge(self, exp: Any) -> bool:
-        """Whether this stage of this experiment talks to the judge server (the toy benchmark scores eval
-        images itself)."""
-        return self.needs_judge and not (self.name == "eval" and exp.eval.benchmark == "toy")
+        """Whether this stage of this experiment talks to the judge server (eval: every benchmark, the toy
+        one included, is scored by the server's srum_evaluator model)."""
+        return self.needs_judge
 
     def shards(self, exp: Any) -> int:
         """How many completion markers the stage writes (and how many pods its Job has)."""
