@@ -4,7 +4,7 @@ failure leaves through `classify`, the one mapping from errors to exit codes.
 - `load(path)`: the experiment file through config's one reader (size cap, UTF-8, duplicate keys refused,
   `2e-5` is a number) and the schema.
 - `check(exp, stages, where)`: everything that can be checked without running: registry names (adapter,
-  judge and boxer backends, toy presets), the templates directory, prompt and eval files (parsed, hostile
+  judge and boxer backends, and the parameters an adapter checks by name), the templates directory, prompt and eval files (parsed, hostile
   ids refused, duplicate texts counted), a local checkpoint, the storage root, and what each chosen stage
   needs (a judge server, held-out prompts). `srum config validate` runs it too, so validate passes nothing
   the run rejects later for a reason known before running.
@@ -26,7 +26,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from . import exitcodes
 
@@ -81,8 +81,7 @@ def check(exp: Any, stages: Sequence[str] = (), *, where: str = "validate", sour
 
 
 def _check_registries(exp: Any, problems: List[str]) -> None:
-    from .judging.backends import BOXER_BACKENDS, JUDGE_BACKENDS
-    from .models.base import MODEL_ADAPTERS
+    from .registry import BOXER_BACKENDS, JUDGE_BACKENDS, MODEL_ADAPTERS
 
     if exp.model.adapter not in MODEL_ADAPTERS:
         problems.append(f"model.adapter: {exp.model.adapter!r} is not one of {', '.join(sorted(MODEL_ADAPTERS))}")
@@ -91,14 +90,17 @@ def _check_registries(exp: Any, problems: List[str]) -> None:
         problem = _backend_name_problem(name, registry)
         if problem:
             problems.append(f"{field}: {problem}")
-    # Parameters the built-in toy world checks by name. Other adapters validate their params when they load.
-    if exp.model.adapter == "toy" and not exp.model.checkpoint:
-        _toy_preset("model.params.preset", exp.model.params.get("preset", "demo"), problems)
-    if exp.judge.url is None and exp.judge.backend == "toy" and not exp.judge.backend_params.get("checkpoint"):
-        _toy_preset("judge.backend_params.preset", exp.judge.backend_params.get("preset") or "demo", problems)
+    # Parameters an adapter (or the backend the local server loads) can check by name, without loading
+    # anything; the others validate their params when they load.
+    check_model = MODEL_ADAPTERS.hook(exp.model.adapter, "check")
+    if check_model is not None:
+        problems += [f"model.params.{p}" for p in check_model(exp.model)]
+    check_judge = JUDGE_BACKENDS.hook(exp.judge.backend, "check") if exp.judge.url is None else None
+    if check_judge is not None:
+        problems += [f"judge.backend_params.{p}" for p in check_judge(exp.judge.backend_params)]
 
 
-def _backend_name_problem(name: str, registry: Dict[str, str]) -> Optional[str]:
+def _backend_name_problem(name: str, registry: Mapping[str, str]) -> Optional[str]:
     if ":" in name:   # "package.module:Class", an operator's own backend: its module must be installed
         import importlib.util
 
@@ -113,16 +115,11 @@ def _backend_name_problem(name: str, registry: Dict[str, str]) -> Optional[str]:
     return None
 
 
-def _toy_preset(field: str, preset: Any, problems: List[str]) -> None:
-    from .models.toy.pretrain import PRESETS
-
-    if str(preset) not in PRESETS:
-        problems.append(f"{field}: {preset!r} is not one of {', '.join(sorted(PRESETS))}")
-
-
 def _local_path(uri: str) -> Optional[Path]:
-    """The local path of a file:// URI or plain path; None for s3:// and toy://."""
-    if uri.startswith(("s3://", "toy://")):
+    """The local path of a file:// URI or plain path; None for s3:// and a registered source (toy://)."""
+    from .prompts import registered_source
+
+    if uri.startswith("s3://") or registered_source(uri):
         return None
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
 

@@ -190,11 +190,12 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
         phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
 
     try:
-        if exp.model.adapter == "toy":
-            from .models.toy.pretrain import ensure_base
+        from .registry import MODEL_ADAPTERS
 
+        prepare = MODEL_ADAPTERS.hook(exp.model.adapter, "prepare")
+        if prepare is not None:
             with phase("base model (pretrain or cache)"):
-                ensure_base(exp.model.params.get("preset", "demo"))  # once, here, not in every child
+                prepare(exp.model)   # once, here, not in every child (the toy world: its base weights)
         layouts = {r: RunLayout(store, exp.name, r) for r in range(1, rounds + 1)}
 
         def complete(name: str, r: int) -> bool:   # every shard's marker is in storage: nothing to start

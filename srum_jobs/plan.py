@@ -300,10 +300,11 @@ def derive_costs(exp: Any, costs: Dict[str, Dict[str, Any]]) -> Tuple[Dict[str, 
 
 def count_prompts(source: Optional[str], limit: Optional[int], fmt: str = "auto") -> Optional[int]:
     """Prompts in a local prompt file (after `limit`), or None when it cannot be counted without a network
-    call or a model import (s3://, toy://, a missing file)."""
-    if not source or source.startswith(("s3://", "toy://")):
+    call or a model import (s3://, a registered source such as toy://, a missing file)."""
+    from .prompts import PromptError, load_prompts, registered_source
+
+    if not source or source.startswith("s3://") or registered_source(source):
         return limit
-    from .prompts import PromptError, load_prompts
 
     try:
         return len(load_prompts(source, fmt, limit=limit))

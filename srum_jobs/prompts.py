@@ -4,7 +4,8 @@ Formats:
 - `compbench`: a JSON list of {"Question", "Category", "Question_id"} (T2I-CompBench, as SRUM ships it);
 - `jsonl`: one {"prompt", "category", "id"} object per line ("category" and "id" optional);
 - `text`: one prompt per line (blank lines and lines starting with '#' are skipped, ids are line numbers).
-- `toy://train|val|eval`: the built-in toy world's deterministic prompt sets.
+- `<scheme>://<name>`: a prompt set a plugin registered (registry.PROMPT_SOURCES), e.g. the toy world's
+  deterministic `toy://train|val|eval`.
 """
 
 from __future__ import annotations
@@ -145,11 +146,12 @@ def read_source(uri: str, storage: Any = None) -> Tuple[str, str]:
 def load_prompts(uri: str, fmt: str = "auto", *, storage: Any = None, limit: Optional[int] = None,
                  categories: Optional[Sequence[str]] = None) -> List[Prompt]:
     """Load, filter and re-index a prompt list (indices are positions in the final list: the sharding key)."""
-    if uri.startswith("toy://"):
-        from .models.toy.world import toy_prompts
+    scheme = registered_source(uri)
+    if scheme:
+        from .registry import PROMPT_SOURCES
 
         try:
-            prompts = toy_prompts(uri[len("toy://"):])
+            prompts = PROMPT_SOURCES.load(scheme)(uri[len(scheme) + 3:])
         except ValueError as e:
             raise PromptError(f"{uri}: {e}") from None
     elif (uri_format := fmt if fmt in URI_FORMATS else sniff_uri_format(uri) if fmt == "auto" else None):
@@ -165,6 +167,14 @@ def load_prompts(uri: str, fmt: str = "auto", *, storage: Any = None, limit: Opt
     if limit is not None:
         prompts = prompts[:limit]
     return [p.model_copy(update={"index": i}) for i, p in enumerate(prompts)]
+
+
+def registered_source(uri: str) -> Optional[str]:
+    """The scheme of a URI that names a registered prompt set (`toy` for `toy://eval`), else None."""
+    from .registry import PROMPT_SOURCES
+
+    scheme, sep, _ = uri.partition("://")
+    return scheme if sep and scheme in PROMPT_SOURCES else None
 
 
 def shard_of(index: int, num_shards: int) -> int:

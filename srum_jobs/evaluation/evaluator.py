@@ -13,9 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from ..config import ConfigError
-
-# Judge backends that are the understanding side of a model adapter of the same name.
-_SELF_BACKENDS = {"toy": "toy", "bagel": "bagel"}
+from ..registry import JUDGE_BACKENDS
 
 
 def check_evaluator(exp: Any) -> None:
@@ -30,11 +28,12 @@ def check_evaluator(exp: Any) -> None:
     # eval.evaluator_backend describes what the local server serves as srum_evaluator (`srum run`, `srum
     # judge serve`); a shared server's operator owns what it serves there, and the model names differ
     backend = e.evaluator_backend
-    if _SELF_BACKENDS.get(backend) == exp.model.adapter and not _other_weights(e.evaluator_params, exp):
+    # a judge backend that is the understanding side of the adapter being trained (registry trait)
+    if (JUDGE_BACKENDS.trait(backend, "understanding_of") == exp.model.adapter
+            and not _other_weights(e.evaluator_params, exp)):
         raise ConfigError(f"eval.evaluator_backend {backend!r} serves the understanding side of the "
                           f"{exp.model.adapter} model being trained; evaluate with a different model "
-                          + ("(toy_rules: the toy world's rule-based evaluator)" if backend == "toy"
-                             else "(e.g. hf with a Qwen2.5-VL model_path)"))
+                          f"({JUDGE_BACKENDS.trait(backend, 'evaluator_hint')})")
     path = e.evaluator_params.get("model_path") or e.evaluator_params.get("checkpoint")
     if path and exp.model.checkpoint and _same(path, exp.model.checkpoint):
         raise ConfigError(f"eval.evaluator_params.model_path {path!r} is model.checkpoint, the model being "

@@ -85,6 +85,7 @@ class Benchmark:
     category_order: Tuple[str, ...] = ()       # table order; other categories follow alphabetically
     prompt_format: Optional[str] = None        # the prompts.py format that keeps this benchmark's metadata
     needs_meta: Tuple[str, ...] = ()           # Prompt.meta keys every prompt must carry
+    judge_agreement: bool = False              # the trained model's own judge is compared with the verdicts
 
     def __init__(self, templates_dir: Optional[str] = None):
         self.templates = TemplateSet(self.template_names(), templates_dir)

@@ -21,6 +21,7 @@ class ToyBenchmark(Benchmark):
     metrics = ("accuracy",)
     unit = "%"
     category_order = ("color", "shape", "spatial", "numeracy", "non-spatial")
+    judge_agreement = True     # the toy model's judge reads the same prompts: does it agree with the rules?
 
     def template_names(self):
         return {"toy": spec(["prompt"])}

@@ -128,7 +128,9 @@ def _read_bytes(ref: str, storage: Any) -> bytes:
 
 
 def resolve_style(style: str, adapter: str) -> str:
-    return ("judge" if adapter == "toy" else "question") if style == "auto" else style
+    from ..registry import MODEL_ADAPTERS
+
+    return MODEL_ADAPTERS.trait(adapter, "vqa_style") if style == "auto" else style
 
 
 class Asker:

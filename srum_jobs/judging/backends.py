@@ -20,29 +20,15 @@ import string
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
+from .. import registry
 from .protocols import BoxerBackend, BoxOptions, BoxProposal, JudgeBackend, JudgeParams, JudgeReply
 
-# name -> "module:Class"; every class takes `(params: dict)` with string values. A name that is itself
-# "module:Class" selects a class outside this registry (an operator's own backend).
-JUDGE_BACKENDS: Dict[str, str] = {
-    "toy": "srum_jobs.models.toy.judge:ToyJudgeBackend",
-    "hf": "srum_jobs.models.hf_judge:HFJudgeBackend",
-    "bagel": "srum_jobs.models.bagel:BagelJudgeBackend",
-    # the toy world's rule-based benchmark, for srum_evaluator: a different model than the one trained
-    "toy_rules": "srum_jobs.models.toy.rules_evaluator:ToyRulesEvaluator",
-}
-BOXER_BACKENDS: Dict[str, str] = {
-    "components": "srum_jobs.models.toy.components:ComponentsBoxer",
-    "sam": "srum_jobs.models.sam_boxer:SamBoxer",
-}
+# The registries (name -> "module:Class") live in the torch-free registry module, filled by the plugins
+# (models/plugins.py, models/toy_plugin.py); every class takes `(params: dict)` with string values. A name
+# that is itself "module:Class" selects a class outside the registry (an operator's own backend).
+JUDGE_BACKENDS = registry.JUDGE_BACKENDS
+BOXER_BACKENDS = registry.BOXER_BACKENDS
 _REGISTRIES = {"judge": (JUDGE_BACKENDS, JudgeBackend), "boxer": (BOXER_BACKENDS, BoxerBackend)}
-
-# Exceptions a registered backend raises for a request that cannot be served as sent (e.g. an instruction
-# without its `Prompt:` line): the caller gets a bad-request error (Triton INVALID_ARG, never retried), not
-# a backend failure (INTERNAL). Any backend may also list its own in a `request_errors` class attribute.
-REQUEST_ERRORS: Dict[str, Tuple[str, ...]] = {
-    JUDGE_BACKENDS["toy"]: ("srum_jobs.models.toy.judge:InstructionError",),
-}
 
 # What to install when a backend's module imports something that is not there.
 _EXTRA_HINT = "install the project's optional model dependencies: pip install 'srum-jobs[models]'"
@@ -118,12 +104,14 @@ def load_boxer_backend(name: str, params: Optional[Mapping[str, Any]] = None) ->
 
 
 def request_error_types(backend: Any) -> Tuple[type, ...]:
-    """The exception types that mean "this request is malformed" for `backend` (see REQUEST_ERRORS)."""
+    """The exception types that mean "this request is malformed" for `backend`: its `request_errors` class
+    attribute, and the `request_errors` its registry entry names (a bad-request error, Triton INVALID_ARG,
+    never retried, instead of a backend failure, INTERNAL)."""
     cls = type(backend)
     found = list(getattr(backend, "request_errors", ()) or ())
-    for target in REQUEST_ERRORS.get(f"{cls.__module__}:{cls.__qualname__}", ()):
-        module_name, class_name = target.split(":")
-        found.append(getattr(importlib.import_module(module_name), class_name))
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for name in [n for n, t in JUDGE_BACKENDS.items() if t == target]:
+        found += [registry.import_target(t) for t in JUDGE_BACKENDS.trait(name, "request_errors")]
     return tuple(found)
 
 

@@ -805,8 +805,15 @@ def _pil(image: Any) -> Any:
 
 
 def load_bagel_model(params: Optional[Mapping[str, Any]] = None, checkpoint: Optional[str] = None) -> BagelModel:
-    """Registry factory (models/base.py MODEL_ADAPTERS['bagel'])."""
+    """Registry factory (registry.MODEL_ADAPTERS['bagel'])."""
     return BagelModel(params, checkpoint)
+
+
+def training_params(training: Any) -> Dict[str, str]:
+    """The `training_params` hook: Bagel shards itself (FSDP over the nodes, HSDP across them) and can
+    checkpoint activations, both set from the experiment's training section."""
+    return {"fsdp": ("hybrid" if training.nnodes > 1 else "full") if training.fsdp else "off",
+            "activation_checkpointing": str(training.activation_checkpointing).lower()}
 
 
 class BagelJudgeBackend:

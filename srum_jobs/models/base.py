@@ -7,11 +7,12 @@ the reward map pooled to that grid (rewards.py).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
+
+from .. import registry
 
 
 @dataclass
@@ -78,13 +79,9 @@ class ActivationModel(Protocol):
         ...
 
 
-# Registry: config string -> "module:factory". Imported lazily so a missing optional dependency of one
-# adapter never breaks another, and `srum --help` imports none of them.
-MODEL_ADAPTERS: Dict[str, str] = {
-    "toy": "srum_jobs.models.toy.model:load_toy_model",
-    "bagel": "srum_jobs.models.bagel:load_bagel_model",
-    "diffusers": "srum_jobs.models.diffusers_flow:load_diffusers_model",
-}
+# The adapter registry lives in the torch-free registry module (validate and the cluster commands read it);
+# it is re-exported here for the code that loads models.
+MODEL_ADAPTERS = registry.MODEL_ADAPTERS
 
 
 def pixels_from_images(images: Sequence[Any]) -> torch.Tensor:
@@ -98,9 +95,6 @@ def pixels_from_images(images: Sequence[Any]) -> torch.Tensor:
 
 
 def load_model(adapter: str, params: Dict[str, Any], checkpoint: Optional[str] = None) -> UnifiedModel:
-    try:
-        target = MODEL_ADAPTERS[adapter]
-    except KeyError:
-        raise ValueError(f"model.adapter {adapter!r} is not one of {sorted(MODEL_ADAPTERS)}") from None
-    module, factory = target.split(":")
-    return getattr(importlib.import_module(module), factory)(params=params, checkpoint=checkpoint)
+    if adapter not in MODEL_ADAPTERS:
+        raise ValueError(f"model.adapter {adapter!r} is not one of {sorted(MODEL_ADAPTERS)}")
+    return MODEL_ADAPTERS.load(adapter)(params=params, checkpoint=checkpoint)

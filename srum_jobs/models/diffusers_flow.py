@@ -285,7 +285,7 @@ class DiffusersFlowModel:
 
 
 def load_diffusers_model(params: Optional[Mapping[str, Any]] = None, checkpoint: Optional[str] = None) -> DiffusersFlowModel:
-    """Registry factory (models/base.py MODEL_ADAPTERS['diffusers'])."""
+    """Registry factory (registry.MODEL_ADAPTERS['diffusers'])."""
     return DiffusersFlowModel(params, checkpoint)
 
 

@@ -20,6 +20,7 @@ from ..evaluation.evaluator import check_evaluator, evaluator_transport
 from ..evaluation.run import (VARIANTS, Run, RunSpec, Scorer, benchmark_prompts, evaluate_run, model_agreement,
                               run_complete, summary_key)
 from ..prompts import shard_prompts
+from ..registry import MODEL_ADAPTERS
 from .common import StageContext, candidate_seed, load_round_model
 from .progress import progress_bar
 
@@ -80,7 +81,8 @@ def _evaluate(ctx: StageContext, model: Any, variant: str, specs: List[RunSpec],
         return 0
     total = sum(len(s.prompts) * s.samples for s in specs)
     # the model's own judge next to the toy benchmark (does it agree with the rules?)
-    agreement = model_agreement(model, exp) if exp.eval.judge_agreement and exp.model.adapter == "toy" else None
+    agreement = (model_agreement(model, exp) if exp.eval.judge_agreement
+                 and MODEL_ADAPTERS.trait(exp.model.adapter, "judge_agreement") else None)
 
     async def go() -> None:
         async with evaluator_transport(exp, ctx.store, ctx.layout.cache_key) as transport:
@@ -90,7 +92,7 @@ def _evaluate(ctx: StageContext, model: Any, variant: str, specs: List[RunSpec],
                     # the same seeds for both variants and both modes: every comparison is paired
                     await evaluate_run(ctx, s, shard, model, scorer, think=s.run.mode == "think",
                                        seed_of=lambda p, k: candidate_seed(exp.eval.seed, 0, p.index, k),
-                                       agreement=agreement if s.run.benchmark == "toy" else None, bar=bar)
+                                       agreement=agreement if s.bench.judge_agreement else None, bar=bar)
     asyncio.run(go())
     return total
 

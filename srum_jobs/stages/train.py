@@ -107,11 +107,10 @@ class _EMA:
 
 def _parallel_params(exp: Experiment) -> Dict[str, str]:
     """Training-only adapter parameters from the training section (adapters that shard themselves)."""
-    if exp.model.adapter != "bagel":
-        return {}
-    tc = exp.training
-    return {"fsdp": ("hybrid" if tc.nnodes > 1 else "full") if tc.fsdp else "off",
-            "activation_checkpointing": str(tc.activation_checkpointing).lower()}
+    from ..registry import MODEL_ADAPTERS
+
+    training_params = MODEL_ADAPTERS.hook(exp.model.adapter, "training_params")
+    return training_params(exp.training) if training_params is not None else {}
 
 
 def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]:
