@@ -27,6 +27,7 @@ from srum_jobs.cluster.ops import job_state, submit
 from srum_jobs.cluster.orchestrate import StageFailed, orchestrate, wait_for_job
 from srum_jobs.cluster.standin import StandInApiServer
 from srum_jobs.config import parse_experiment
+from srum_jobs.stages.spec import STAGE_NAMES
 from srum_jobs.storage import LocalStore, RunLayout, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_orchestrate_runs_every_stage_in_order_waiting_for_each(server, store):
     ctrl = Controller(layout)
     server.on_create = ctrl
     lines = run_driver(server, ref, text, store)
-    assert ctrl.created == list(b.STAGE_ORDER)
+    assert ctrl.created == list(STAGE_NAMES)
     posts = [(r.resource, r.name) for r in server.requests if r.verb == "create"]
     assert posts == [("jobs", "srum-demo-r1-generate"), ("jobs", "srum-demo-r1-rewards"),
                      ("services", "srum-demo-r1-train"), ("jobs", "srum-demo-r1-train"),
@@ -416,7 +417,7 @@ def test_orchestrate_command_end_to_end_on_s3(server, cli_env):
     server.on_create = ctrl = Controller(layout)
     result = srum("orchestrate", "-e", exp_file, "--poll-seconds", "0.01", "--configmap", "rel-experiment")
     assert result.exit_code == 0, result.output
-    assert ctrl.created == list(b.STAGE_ORDER)
+    assert ctrl.created == list(STAGE_NAMES)
     assert not [r for r in server.requests if r.resource == "configmaps"]  # --configmap: uses the release's
     assert "round 1 of demo: done" in result.output
     # enqueue all is the same loop from a workstation; everything is done, so it submits nothing

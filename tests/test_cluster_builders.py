@@ -150,13 +150,15 @@ def test_training_is_a_multinode_torchrun_indexed_job_with_a_headless_service():
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == name  # pods resolve as <job>-<index>.<service>
     cmd = pod["containers"][0]["command"]
-    assert cmd == ["torchrun", "--nnodes", "3", "--nproc-per-node", "8", "--node-rank", "$(JOB_COMPLETION_INDEX)",
-                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{name}-0.{name}:29500",
-                   "-m", "srum_jobs.stages.train", "--experiment", "/etc/srum/experiment.yaml", "--round", "1"]
+    # torchrun through the launcher (stages/launch.py), which passes a worker's exit code through
+    assert cmd == ["python", "-m", "srum_jobs.stages.launch", "--nproc-per-node=8", "--nnodes", "3",
+                   "--node-rank", "$(JOB_COMPLETION_INDEX)", "--rdzv-backend", "c10d",
+                   "--rdzv-endpoint", f"{name}-0.{name}:29500",
+                   "--", "--experiment", "/etc/srum/experiment.yaml", "--round", "1"]
     assert pod["containers"][0]["ports"] == [{"name": "c10d", "containerPort": 29500, "protocol": "TCP"}]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in pod["volumes"]
-    # torchrun turns a worker's exit code 78 into 1: the file is validated first, by an init container
+    # the file is validated first, by an init container: a bad file fails before the rendezvous waits
     init = pod["initContainers"][0]
     assert init["command"] == ["srum", "config", "validate", "/etc/srum/experiment.yaml"]
     assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in init["env"])
@@ -167,17 +169,17 @@ def test_training_is_a_multinode_torchrun_indexed_job_with_a_headless_service():
 
 def test_cpu_training_uses_nproc_per_node_and_gpu_training_one_process_per_gpu():
     ref, _ = make({"training": {"nproc_per_node": 2}, "cluster": {"train": {"cpu": "4", "memory": "8Gi", "gpu": 0}}})
-    assert b.train_command(ref)[3:5] == ["--nproc-per-node", "2"]
+    assert b.distributed_command(ref, "train")[3] == "--nproc-per-node=2"
     ref, _ = make({"training": {"nproc_per_node": 1}, "cluster": {"train": {"gpu": 8}}})
-    assert b.train_command(ref)[3:5] == ["--nproc-per-node", "8"]
+    assert b.distributed_command(ref, "train")[3] == "--nproc-per-node=8"
     ref, _ = make({"training": {"nproc_per_node": 4}, "cluster": {"train": {"gpu": 8}}})
     with pytest.raises(b.ClusterConfigError, match=r"training.nproc_per_node \(4\).*cluster.train.gpu \(8\)"):
-        b.train_job(ref)
+        b.distributed_job(ref, "train")
 
 
 def test_report_is_a_single_pod_job():
     ref, _ = make()
-    job = b.report_job(ref)
+    job = b.single_pod_job(ref, "report")
     assert "completionMode" not in job["spec"] and job["spec"]["completions"] == 1
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "srum", "stage", "report", "--experiment", "/etc/srum/experiment.yaml", "--round", "1"]
@@ -217,7 +219,7 @@ def test_s3_credentials_come_from_the_secret_by_reference_only(monkeypatch):
         pod["containers"][0]["volumeMounts"]
     assert env["AWS_DEFAULT_REGION"] == {"name": "AWS_DEFAULT_REGION", "value": "eu-west-1"}
     # the training pod's init container only reads the experiment file: no credentials file
-    init = b.train_job(ref)["spec"]["template"]["spec"]["initContainers"][0]
+    init = b.distributed_job(ref, "train")["spec"]["template"]["spec"]["initContainers"][0]
     assert "s3-credentials" not in {m["name"] for m in init["volumeMounts"]}
     assert "AWS_SHARED_CREDENTIALS_FILE" not in {e["name"] for e in init["env"]}
     # without a Secret (cloud identity through the service account) there are no AWS keys at all
@@ -248,7 +250,7 @@ def test_cluster_refuses_settings_that_only_work_on_one_machine():
     with pytest.raises(ConfigError, match="storage.root.*file://"):
         b.sharded_stage_job(make({"storage": {"root": "file:///data/runs", "region": None}})[0], "generate")
     with pytest.raises(ConfigError, match="judge.url is not set"):
-        b.train_job(make({"judge": {"url": None}})[0])
+        b.distributed_job(make({"judge": {"url": None}})[0], "train")
 
 
 def test_names_are_checked_against_kubernetes_limits():
@@ -270,10 +272,9 @@ def test_every_pod_command_is_a_real_cli_command():
         for spec in b.pod_specs(obj):
             for c in spec.get("initContainers", []) + spec["containers"]:
                 cmd = [a.replace("$(JOB_COMPLETION_INDEX)", "0") for a in c["command"]]
-                if cmd[0] == "torchrun":
-                    module = cmd[cmd.index("-m") + 1]
-                    assert importlib.util.find_spec(module) is not None
-                    cmd = ["srum", "stage", "train"] + cmd[cmd.index("-m") + 2:]
+                if cmd[:3] == ["python", "-m", "srum_jobs.stages.launch"]:   # torchrun over `srum stage train`
+                    assert importlib.util.find_spec(cmd[2]) is not None
+                    cmd = ["srum", "stage", "train"] + cmd[cmd.index("--") + 1:]
                 assert cmd[0] == "srum"
                 _assert_parses(cmd[1:])
 
@@ -357,7 +358,7 @@ def test_cpu_stages_use_the_cpu_queue_and_selector():
               for o in b.all_objects(ref, text) if o["kind"] == "Job"}
     assert queues == {"generate": "team-a-gpu", "rewards": "team-a-cpu", "train": "team-a-gpu",
                       "eval": "team-a-gpu", "report": "team-a-cpu"}
-    assert b.report_job(ref)["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}
+    assert b.single_pod_job(ref, "report")["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}
 
 
 def test_users_add_env_volumes_and_tolerations_from_the_experiment():

@@ -345,9 +345,8 @@ def test_every_part_reads_the_one_stage_table():
     assert sorted(stage_group.commands) == sorted(STAGE_NAMES)
     assert local.ALL_STAGES == STAGE_NAMES
     assert set(cluster_commands.ENQUEUE_TARGETS) == set(STAGE_NAMES) | {"judge"}
-    # the builders still keep their own tuple until they read the table: they must agree with it
-    assert tuple(builders.STAGE_ORDER) == STAGE_NAMES
-    assert set(builders.SHARDED_STAGES) == {n for n, s in STAGES.items() if s.shardable}
+    # the builders read the table (tests/test_architecture.py adds a stage and enqueues it)
+    assert not hasattr(builders, "STAGE_ORDER") and not hasattr(builders, "SHARDED_STAGES")
     layout = RunLayout(LocalStore("/tmp"), "x")
     for name in STAGE_NAMES:
         layout.marker_key(name)

@@ -4,13 +4,16 @@ Plain dicts, not client models: they print as the YAML `--dry-run` shows, valida
 OpenAPI schemas, and go to the API server unchanged. Nothing here talks to a cluster or imports the
 `kubernetes` package, so `srum enqueue --dry-run` needs neither.
 
-Stages and their Jobs (names are derived from the experiment and round, so a rerun finds its own Jobs):
+Each stage of the stage table (stages/spec.py) becomes Jobs by its kind (names are derived from the
+experiment and round, so a rerun finds its own Jobs):
 
-    generate  Indexed Job, completions = prompts.num_shards, shard = JOB_COMPLETION_INDEX  (GPU)
-    rewards   Indexed Job like generate (CPU): reward maps from the shard's judgments
-    train     Indexed Job, completions = parallelism = training.nnodes, + headless Service; torchrun
-    eval      Indexed Job like generate, against the evaluator model                       (GPU)
-    report    one pod                                                                      (CPU)
+    sharded      Indexed Job, completions = prompts.num_shards, shard = JOB_COMPLETION_INDEX
+                 (generate, rewards, eval)
+    distributed  Indexed Job, completions = parallelism = training.nnodes, + headless Service; the torchrun
+                 launcher (stages/launch.py) on every node (train)
+    otherwise    one pod (report)
+
+Resources come from `cluster.<stage>` (a stage without a section runs on CPU).
 """
 
 from __future__ import annotations
@@ -24,9 +27,7 @@ import yaml
 
 from .. import exitcodes
 from ..config import ConfigError, Experiment, ResourcesConfig
-
-STAGE_ORDER = ("generate", "rewards", "train", "eval", "report")
-SHARDED_STAGES = ("generate", "rewards", "eval")
+from ..stages.spec import STAGE_NAMES, get as stage_spec, launcher_argv
 
 # Where the experiment ConfigMap is mounted in every pod (the Helm chart's driver uses the same folder).
 # The file keeps its format's suffix: the chart renders JSON, because Helm writes floats such as 1e-15,
@@ -76,8 +77,7 @@ def _check_name(name: str, what: str) -> str:
 
 
 def job_name(experiment: str, round: int, stage: str) -> str:
-    if stage not in STAGE_ORDER:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ORDER)}")
+    stage_spec(stage)      # ValueError naming the stages
     # Indexed pods get the hostname <job>-<index>; the training rendezvous resolves <job>-0.<service>,
     # so the Job name must leave room for the index suffix.
     return _check_name(f"srum-{experiment}-r{round}-{stage}", "job name")
@@ -86,11 +86,6 @@ def job_name(experiment: str, round: int, stage: str) -> str:
 def configmap_name(experiment: str, sha: str) -> str:
     """Content-addressed: a changed experiment file gets a new ConfigMap, never edits one under running pods."""
     return _check_name(f"srum-{experiment}-{sha[:10]}", "configmap name")
-
-
-def stage_shards(exp: Experiment, stage: str) -> int:
-    """How many completion markers (and Job completions) a stage has."""
-    return exp.prompts.num_shards if stage in SHARDED_STAGES else 1
 
 
 def experiment_key(source: str) -> str:
@@ -156,10 +151,8 @@ def check_cluster_ready(exp: Experiment) -> None:
 
 
 def _resources_config(exp: Experiment, stage: str) -> ResourcesConfig:
-    if stage in ("generate", "train", "eval"):
-        return getattr(exp.cluster, stage)
-    # The schema has no section for the CPU-only stages yet; a `cluster.rewards` / `cluster.report`
-    # section, when the schema grows one, is picked up here without further change.
+    # The schema has sections for the GPU stages (generate, train, eval) only; a `cluster.rewards` /
+    # `cluster.report` section, when the schema grows one, is picked up here without further change.
     return getattr(exp.cluster, stage, None) or ResourcesConfig(gpu=0)
 
 
@@ -264,7 +257,7 @@ def _pod_failure_policy() -> Dict[str, Any]:
 def _pod_spec(ref: RunRef, stage: str, container: Dict[str, Any], res: ResourcesConfig, *, indexed: bool,
               init: Optional[Dict[str, Any]] = None, subdomain: Optional[str] = None) -> Dict[str, Any]:
     cl = ref.exp.cluster
-    volumes, mounts = _volumes(ref, res, shm=res.gpu > 0 or stage == "train")
+    volumes, mounts = _volumes(ref, res, shm=res.gpu > 0 or stage_spec(stage).distributed)
     env = _env(ref, indexed)
 
     def make(c: Dict[str, Any], r: ResourcesConfig, *, with_secrets: bool = True) -> Dict[str, Any]:
@@ -333,89 +326,88 @@ def _job(ref: RunRef, stage: str, pod_spec: Dict[str, Any], *, completions: int,
             "spec": spec}
 
 
-def _stage_command(ref: RunRef, stage: str, sharded: bool) -> List[str]:
-    cmd = ["srum", "stage", stage, "--experiment", ref.experiment_path, "--round", str(ref.round)]
-    if sharded:
-        cmd += ["--shard", "$(JOB_COMPLETION_INDEX)", "--num-shards", str(stage_shards(ref.exp, stage))]
-    return cmd
+def _stage_command(ref: RunRef, stage: str) -> List[str]:
+    spec = stage_spec(stage)
+    shard = {"shard": "$(JOB_COMPLETION_INDEX)", "num_shards": spec.shards(ref.exp)} if spec.shardable else {}
+    return ["srum"] + spec.command(ref.experiment_path, ref.round, **shard)
 
 
 def sharded_stage_job(ref: RunRef, stage: str) -> Dict[str, Any]:
-    """generate / rewards / eval: one pod per prompt shard."""
-    if stage not in SHARDED_STAGES:
-        raise ValueError(f"{stage!r} is not a sharded stage ({', '.join(SHARDED_STAGES)})")
+    """A sharded stage (generate, rewards, eval): one pod per prompt shard."""
+    spec = stage_spec(stage)
+    if not spec.shardable:
+        raise ValueError(f"{stage!r} is not a sharded stage")
     check_cluster_ready(ref.exp)
     res = _resources_config(ref.exp, stage)
-    shards = stage_shards(ref.exp, stage)
-    pod = _pod_spec(ref, stage, {"name": "stage", "command": _stage_command(ref, stage, True)}, res, indexed=True)
-    return _job(ref, stage, pod, completions=shards, parallelism=ref.exp.cluster.generate_parallelism, indexed=True,
-                backoff={"backoffLimitPerIndex": ref.exp.cluster.backoff_limit_per_index}, gpu=_is_gpu(res))
+    pod = _pod_spec(ref, stage, {"name": "stage", "command": _stage_command(ref, stage)}, res, indexed=True)
+    return _job(ref, stage, pod, completions=spec.shards(ref.exp), parallelism=ref.exp.cluster.generate_parallelism,
+                indexed=True, backoff={"backoffLimitPerIndex": ref.exp.cluster.backoff_limit_per_index},
+                gpu=_is_gpu(res))
 
 
-def report_job(ref: RunRef) -> Dict[str, Any]:
+def single_pod_job(ref: RunRef, stage: str) -> Dict[str, Any]:
+    """An unsharded, undistributed stage (report): one pod."""
     check_cluster_ready(ref.exp)
-    res = _resources_config(ref.exp, "report")
-    pod = _pod_spec(ref, "report", {"name": "stage", "command": _stage_command(ref, "report", False)}, res,
-                    indexed=False)
-    return _job(ref, "report", pod, completions=1, parallelism=1, indexed=False,
+    res = _resources_config(ref.exp, stage)
+    pod = _pod_spec(ref, stage, {"name": "stage", "command": _stage_command(ref, stage)}, res, indexed=False)
+    return _job(ref, stage, pod, completions=1, parallelism=1, indexed=False,
                 backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index}, gpu=_is_gpu(res))
 
 
-def train_service_name(ref: RunRef) -> str:
-    return job_name(ref.exp.name, ref.round, "train")
+def rendezvous_service_name(ref: RunRef, stage: str) -> str:
+    return job_name(ref.exp.name, ref.round, stage)
 
 
-def train_service(ref: RunRef) -> Dict[str, Any]:
-    """Headless Service: gives every training pod the stable DNS name <job>-<index>.<service>."""
-    name = train_service_name(ref)
+def rendezvous_service(ref: RunRef, stage: str) -> Dict[str, Any]:
+    """Headless Service: gives every pod of a distributed stage the stable DNS name <job>-<index>.<service>."""
+    name = rendezvous_service_name(ref, stage)
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": ref.namespace, "labels": ref.labels("train"),
+            "metadata": {"name": name, "namespace": ref.namespace, "labels": ref.labels(stage),
                          "annotations": {ANNOTATION_SHA: ref.sha}},
             "spec": {"clusterIP": "None",
                      # rendezvous happens before any readiness: publish addresses of pods not yet ready
                      "publishNotReadyAddresses": True,
-                     "selector": {LABEL_EXPERIMENT: ref.exp.name, LABEL_ROUND: str(ref.round), LABEL_STAGE: "train"},
+                     "selector": {LABEL_EXPERIMENT: ref.exp.name, LABEL_ROUND: str(ref.round), LABEL_STAGE: stage},
                      "ports": [{"name": "c10d", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}]}}
 
 
-def train_command(ref: RunRef) -> List[str]:
-    tr, res = ref.exp.training, ref.exp.cluster.train
+def distributed_command(ref: RunRef, stage: str) -> List[str]:
+    """The torchrun launcher on one node of a distributed stage (the training section sets its size); it
+    passes a worker's exit code through, so a configuration error (78) fails the Job at once."""
+    tr, res = ref.exp.training, _resources_config(ref.exp, stage)
     nproc = res.gpu if res.gpu > 0 else tr.nproc_per_node
-    name = job_name(ref.exp.name, ref.round, "train")
-    return ["torchrun", "--nnodes", str(tr.nnodes), "--nproc-per-node", str(nproc),
-            "--node-rank", "$(JOB_COMPLETION_INDEX)", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"{name}-0.{train_service_name(ref)}:{RDZV_PORT}",
-            "-m", "srum_jobs.stages.train", "--experiment", ref.experiment_path, "--round", str(ref.round)]
+    name = job_name(ref.exp.name, ref.round, stage)
+    return launcher_argv("python", nproc, stage_spec(stage).args(ref.experiment_path, ref.round), torchrun_args=[
+        "--nnodes", str(tr.nnodes), "--node-rank", "$(JOB_COMPLETION_INDEX)", "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", f"{name}-0.{rendezvous_service_name(ref, stage)}:{RDZV_PORT}"])
 
 
-def train_job(ref: RunRef) -> Dict[str, Any]:
+def distributed_job(ref: RunRef, stage: str) -> Dict[str, Any]:
     """Multi-node torchrun: an Indexed Job with completions = parallelism = nnodes."""
     check_cluster_ready(ref.exp)
     nnodes = ref.exp.training.nnodes
-    container = {"name": "train", "command": train_command(ref),
+    res = _resources_config(ref.exp, stage)
+    container = {"name": stage, "command": distributed_command(ref, stage),
                  "ports": [{"name": "c10d", "containerPort": RDZV_PORT, "protocol": "TCP"}]}
-    # torchrun reports any worker failure as exit code 1, which would hide a configuration error (78)
-    # from the podFailurePolicy; validating the file first in an init container keeps fail-fast working.
+    # The experiment file is validated in an init container first: a bad file fails at once on every node,
+    # before the rendezvous waits for nodes that may not be scheduled yet.
     init = {"name": "validate", "command": ["srum", "config", "validate", ref.experiment_path]}
-    pod = _pod_spec(ref, "train", container, ref.exp.cluster.train, indexed=True, init=init,
-                    subdomain=train_service_name(ref))
+    pod = _pod_spec(ref, stage, container, res, indexed=True, init=init, subdomain=rendezvous_service_name(ref, stage))
     # One worker's failure tears down the whole rendezvous, so every node restarts together: a Job-wide
     # budget of `backoff_limit_per_index` incidents of nnodes failed pods each, not a per-index budget
     # that would leave healthy indexes waiting for a peer that will never come back.
-    return _job(ref, "train", pod, completions=nnodes, parallelism=nnodes, indexed=True,
-                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index * nnodes},
-                gpu=_is_gpu(ref.exp.cluster.train))
+    return _job(ref, stage, pod, completions=nnodes, parallelism=nnodes, indexed=True,
+                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index * nnodes}, gpu=_is_gpu(res))
 
 
 def stage_objects(ref: RunRef, stage: str) -> List[Dict[str, Any]]:
     """The objects one stage submits, in creation order."""
-    if stage in SHARDED_STAGES:
+    spec = stage_spec(stage)
+    if spec.shardable:
         return [sharded_stage_job(ref, stage)]
-    if stage == "train":
-        return [train_service(ref), train_job(ref)]
-    if stage == "report":
-        return [report_job(ref)]
-    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ORDER)}")
+    if spec.distributed:
+        return [rendezvous_service(ref, stage), distributed_job(ref, stage)]
+    return [single_pod_job(ref, stage)]
 
 
 def experiment_configmap(ref: RunRef, text: str) -> Dict[str, Any]:
@@ -437,7 +429,8 @@ def network_policy_name(experiment: str) -> str:
 
 def stage_network_policy(ref: RunRef) -> Optional[Dict[str, Any]]:
     """Egress of the experiment's stage pods (every round): DNS, S3 and the judge, nothing else; ingress only
-    for the training rendezvous between the experiment's own training pods. None when disabled."""
+    for the rendezvous between the pods of the experiment's own distributed stage (training). None when
+    disabled."""
     np_cfg = ref.exp.cluster.network_policy
     if not np_cfg.enabled:
         return None
@@ -467,12 +460,13 @@ def stage_network_policy(ref: RunRef) -> Optional[Dict[str, Any]]:
             "spec": {"podSelector": {"matchLabels": {LABEL_EXPERIMENT: ref.exp.name, LABEL_COMPONENT: "stage"}},
                      "policyTypes": ["Ingress", "Egress"],
                      "ingress": [{"from": [{"podSelector": {"matchLabels": {LABEL_EXPERIMENT: ref.exp.name,
-                                                                             LABEL_STAGE: "train"}}}],
+                                                                             LABEL_STAGE: stage}}}
+                                           for stage in STAGE_NAMES if stage_spec(stage).distributed],
                                   "ports": [{"port": RDZV_PORT, "protocol": "TCP"}]}],
                      "egress": egress}}
 
 
-def all_objects(ref: RunRef, text: str, stages=STAGE_ORDER, *, with_configmap: bool = True) -> List[Dict[str, Any]]:
+def all_objects(ref: RunRef, text: str, stages=STAGE_NAMES, *, with_configmap: bool = True) -> List[Dict[str, Any]]:
     out = [experiment_configmap(ref, text)] if with_configmap else []
     policy = stage_network_policy(ref) if with_configmap else None
     if policy is not None:

@@ -12,9 +12,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from ..stages.spec import STAGE_NAMES, get as stage_spec
 from .api import AlreadyExists, Cluster, ClusterError
 from .builders import (ANNOTATION_SHA, INDEX_LABEL, LABEL_COMPONENT, LABEL_EXPERIMENT, LABEL_ROUND, LABEL_STAGE,
-                       STAGE_ORDER, RunRef, job_name, stage_shards)
+                       RunRef, job_name)
 
 
 @dataclass
@@ -202,9 +203,9 @@ def round_status(ref: RunRef, cluster: Optional[Cluster], layout: Any, *, cluste
     for name, job in sorted(jobs.items()):
         if (job["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == "driver":
             rs.drivers.append(job_state(name, job))
-    for stage in STAGE_ORDER:
+    for stage in STAGE_NAMES:
         name = job_name(ref.exp.name, ref.round, stage)
-        st = StageStatus(stage, job_state(name, jobs.get(name)), stage_shards(ref.exp, stage))
+        st = StageStatus(stage, job_state(name, jobs.get(name)), stage_spec(stage).shards(ref.exp))
         if layout is not None and not rs.storage_error:
             try:
                 st.shards_done = layout.stage_shards_done(stage)

@@ -281,7 +281,8 @@ def _eval_sections(summary: Dict[str, Any], round: int) -> tuple:
     return html_parts, md_parts, figures
 
 
-def run(exp: Experiment, round: int) -> str:
+def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, progress: bool = True) -> str:
+    """Write the round's report (one shard: the stage is not sharded); returns where it is."""
     ctx = StageContext.create(exp, round)
     where = ctx.store.uri_for(ctx.layout.key("report", "report.html"))
     if ctx.layout.shard_done("report", 0):

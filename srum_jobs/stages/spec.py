@@ -1,10 +1,14 @@
-"""The stage table: one definition of each stage, read by the CLI (`srum stage`, `srum run --stages`),
-the local executor and (next) the cluster builders and the driver.
+"""The stage table: one definition of each stage, read by every part that runs, lists or counts stages:
+the CLI (`srum stage`, `srum run --stages`), the local executor, the cluster builders, the driver and
+`srum status`.
 
 A stage is a step of one round that reads its inputs from storage and writes its outputs there, with a
 completion marker per shard written last. What differs between stages is here and nowhere else: whether
 it is sharded (one marker and one Indexed-Job pod per prompt shard), whether it needs the judge server or
-a GPU, whether it runs under torchrun, and the function that runs it.
+a GPU, whether it runs under torchrun, and the module that runs it. Every stage module has the same entry
+point, `run(exp, round, shard, num_shards, *, progress)`, for one shard (0 of 1 for an unsharded stage).
+
+Adding a stage: its module (with `run`), and its row in STAGES below.
 
 Only the standard library is imported here: `srum --help` and the cluster commands read this table.
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 Shard = Union[int, str]     # an index, or a placeholder such as "$(JOB_COMPLETION_INDEX)" in a pod command
 
@@ -22,7 +26,7 @@ Shard = Union[int, str]     # an index, or a placeholder such as "$(JOB_COMPLETI
 class StageSpec:
     name: str
     summary: str                 # one line: `srum stage --help`
-    runner: Callable[..., Any]   # runner(exp, round, shard or None for every shard, num_shards, progress)
+    module: str                  # the module whose run(exp, round, shard, num_shards, *, progress) runs one shard
     shardable: bool              # one completion marker per prompt shard; otherwise one marker (shard 0)
     needs_judge: bool            # talks to the judge server (judge.url, or the local server `srum run` starts)
     needs_gpu: bool              # with a real model (the toy world runs on CPU)
@@ -55,52 +59,27 @@ class StageSpec:
 
     def run(self, exp: Any, round: int, shard: Optional[int] = None, num_shards: Optional[int] = None, *,
             progress: bool = True) -> Any:
-        """Run the stage in this process: one shard, or every shard in order (shard None)."""
+        """Run the stage in this process: one shard, or every shard in order (shard None). The stage
+        modules import torch, numpy and the model registry: imported now, not when the table is read."""
         n = num_shards or self.shards(exp)
         if shard is not None and not 0 <= shard < n:
             raise ValueError(f"shard {shard} is out of range for {n} shards")
-        return self.runner(exp, round, shard, n, progress)
-
-
-# The stage modules import torch, numpy and the model registry: imported when a stage runs, not before.
-def _each_shard(module: str) -> Callable[..., Any]:
-    def run(exp: Any, round: int, shard: Optional[int], n: int, progress: bool) -> Any:
-        stage = importlib.import_module(module)
+        stage = importlib.import_module(self.module)
         out = [stage.run(exp, round, s, n, progress=progress) for s in ([shard] if shard is not None else range(n))]
         return out[0] if len(out) == 1 else out
-    return run
-
-
-def _rewards(exp: Any, round: int, shard: Optional[int], n: int, progress: bool) -> Any:
-    from . import rewards
-
-    return rewards.run(exp, round, shard, n, progress=progress)   # None: every shard, one summary
-
-
-def _train(exp: Any, round: int, shard: Optional[int], n: int, progress: bool) -> Any:
-    from . import train
-
-    return train.run(exp, round, progress=progress)
-
-
-def _report(exp: Any, round: int, shard: Optional[int], n: int, progress: bool) -> Any:
-    from . import report
-
-    return report.run(exp, round)
 
 
 STAGES: Dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("generate", "Generate K candidates per prompt of a shard, box and judge them (reward records).",
-              _each_shard("srum_jobs.stages.generate"), shardable=True, needs_judge=True, needs_gpu=True),
+              "srum_jobs.stages.generate", shardable=True, needs_judge=True, needs_gpu=True),
     StageSpec("rewards", "Build the reward map of every judged candidate of a shard.",
-              _rewards, shardable=True, needs_judge=False, needs_gpu=False),
+              "srum_jobs.stages.rewards", shardable=True, needs_judge=False, needs_gpu=False),
     StageSpec("train", "Reward-weighted fine-tuning (torchrun for several processes or nodes).",
-              _train, shardable=False, needs_judge=False, needs_gpu=True,
-              distributed=True),
+              "srum_jobs.stages.train", shardable=False, needs_judge=False, needs_gpu=True, distributed=True),
     StageSpec("eval", "Score the base and the trained model on held-out prompts (one shard of them).",
-              _each_shard("srum_jobs.stages.evaluate"), shardable=True, needs_judge=True, needs_gpu=True),
+              "srum_jobs.stages.evaluate", shardable=True, needs_judge=True, needs_gpu=True),
     StageSpec("report", "Write the HTML and Markdown report of a round.",
-              _report, shardable=False, needs_judge=False, needs_gpu=False),
+              "srum_jobs.stages.report", shardable=False, needs_judge=False, needs_gpu=False),
 )}
 STAGE_NAMES: Tuple[str, ...] = tuple(STAGES)
 

@@ -113,7 +113,8 @@ def _parallel_params(exp: Experiment) -> Dict[str, str]:
     return training_params(exp.training) if training_params is not None else {}
 
 
-def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]:
+def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, progress: bool = True) -> Dict[str, Any]:
+    """Train the round (the stage is not sharded: every torchrun worker runs this with shard 0 of 1)."""
     from ..training.checkpoint import load_checkpoint, load_newest_good, prune_checkpoints, save_checkpoint, save_part
     from ..training.optim import build_optimizer, build_scheduler, train_step
 
