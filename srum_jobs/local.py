@@ -151,7 +151,8 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
     """Run `stages` for `rounds` rounds of the experiment given as data; returns the report summary."""
     from .config import parse_experiment
     from .entry import Stopped, open_checked_store
-    from .storage import LocalStore, RunLayout
+    from .layout import RunLayout
+    from .storage import LocalStore
 
     exp = parse_experiment(exp_data)
     stages = [s for s in ALL_STAGES if s in stages]
@@ -199,7 +200,7 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
         layouts = {r: RunLayout(store, exp.name, r) for r in range(1, rounds + 1)}
 
         def complete(name: str, r: int) -> bool:   # every shard's marker is in storage: nothing to start
-            return set(range(stage_spec(name).shards(exp))) <= set(layouts[r].stage_shards_done(name))
+            return not layouts[r].shards_missing(name, stage_spec(name).shards(exp))
 
         judge_work = [(r, s) for r in layouts for s in stages if stage_spec(s).uses_judge(exp) and not complete(s, r)]
         if exp.judge.url is None and judge_work:

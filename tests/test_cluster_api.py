@@ -28,7 +28,8 @@ from srum_jobs.cluster.orchestrate import StageFailed, orchestrate, wait_for_job
 from srum_jobs.cluster.standin import StandInApiServer
 from srum_jobs.config import parse_experiment
 from srum_jobs.stages.spec import STAGE_NAMES
-from srum_jobs.storage import LocalStore, RunLayout, open_store
+from srum_jobs.layout import RunLayout
+from srum_jobs.storage import LocalStore, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "team-a"

@@ -340,7 +340,8 @@ def test_every_part_reads_the_one_stage_table():
     from srum_jobs import local
     from srum_jobs.cluster import builders, commands as cluster_commands
     from srum_jobs.stages.commands import stage_group
-    from srum_jobs.storage import LocalStore, RunLayout
+    from srum_jobs.layout import RunLayout
+    from srum_jobs.storage import LocalStore
 
     assert sorted(stage_group.commands) == sorted(STAGE_NAMES)
     assert local.ALL_STAGES == STAGE_NAMES

@@ -21,7 +21,7 @@ pytest.importorskip("torchvision")  # the Qwen2-VL processor's video half import
 
 from srum_jobs.config import parse_experiment  # noqa: E402
 from srum_jobs.evaluation import load_benchmark  # noqa: E402
-from srum_jobs.evaluation.run import Run, read_results, summary_key  # noqa: E402
+from srum_jobs.evaluation.run import Run, read_results  # noqa: E402
 from srum_jobs.models.base import GeneratedImage  # noqa: E402
 from srum_jobs.stages import evaluate  # noqa: E402
 from srum_jobs.stages.common import StageContext  # noqa: E402
@@ -130,7 +130,7 @@ def test_every_benchmark_through_a_served_qwen2_5_vl(evaluator_server, tmp_path,
     evaluate.run(exp, 1, 0, 1, progress=False)
 
     ctx = StageContext.create(exp, 1)
-    summary = ctx.store.get_json(summary_key(ctx.layout))
+    summary = ctx.layout.eval_summary()
     local = HFJudgeBackend({**params, "max_batch_size": "1"})
     reasks = 0
     for name, expected_items in (("compbench", 2), ("geneval", 2), ("wise", 2), ("reasonbench", 1), ("toy", 2)):

@@ -11,7 +11,7 @@ import pytest
 
 from srum_jobs.config import parse_experiment
 from srum_jobs.evaluation import load_benchmark
-from srum_jobs.evaluation.run import Run, RunSpec, Scorer, evaluate_run, results_key, run_prefix, summary_key
+from srum_jobs.evaluation.run import Run, RunSpec, Scorer, evaluate_run
 from srum_jobs.judging.inprocess import InProcessTransport
 from srum_jobs.judging.protocols import JudgeReply
 from srum_jobs.models.toy.rules_evaluator import ToyRulesEvaluator
@@ -105,16 +105,16 @@ def test_an_interrupted_run_continues_item_by_item(tmp_path, toy_model):
     crashing = Recording(toy_model)
     with pytest.raises(RuntimeError, match="evaluator crashed"):
         asyncio.run(go(FlakyRules(fail_after=3), crashing))
-    prefix = run_prefix(ctx.layout, spec.run, 0)
+    prefix = ctx.layout.eval_run_prefix(spec.run, 0)
     done = sorted(k for k in ctx.store.list(prefix + "items/"))
-    assert 0 < len(done) < 6 and not ctx.store.exists(results_key(ctx.layout, spec.run, 0))
+    assert 0 < len(done) < 6 and not ctx.store.exists(ctx.layout.eval_results_key(spec.run, 0))
     before = {k: ctx.store.get_bytes(k) for k in done}
     resumed = Recording(toy_model)
     rows = asyncio.run(go(FlakyRules(), resumed))
     assert len(rows) == 6 and [r["index"] for r in rows] == list(range(6))
     assert len(resumed.generated) == 6 - len(done)                 # finished items are not generated again
     assert all(ctx.store.get_bytes(k) == v for k, v in before.items())
-    assert ctx.store.is_complete(results_key(ctx.layout, spec.run, 0))
+    assert ctx.store.is_complete(ctx.layout.eval_results_key(spec.run, 0))
     again = Recording(toy_model)                                   # nothing left: no image, no judgment
     assert asyncio.run(go(FlakyRules(fail_after=0), again)) == rows and again.generated == []
 
@@ -127,9 +127,9 @@ def test_stage_excludes_unparsed_answers_pairs_runs_and_reports(tmp_path, toy_mo
     monkeypatch.setattr(evaluate, "load_round_model", lambda ctx, **kw: model)
     evaluate.run(exp, 1, 0, 2, progress=False)
     ctx = StageContext.create(exp, 1)
-    assert not ctx.store.exists(summary_key(ctx.layout))             # shard 1 of 2 is not done yet
+    assert not ctx.store.exists(ctx.layout.eval_summary_key)             # shard 1 of 2 is not done yet
     evaluate.run(exp, 1, 1, 2, progress=False)
-    summary = ctx.store.get_json(summary_key(ctx.layout))
+    summary = ctx.store.get_json(ctx.layout.eval_summary_key)
     toy = summary["benchmarks"]["toy"]
     prompts = [json.loads(x) for x in ctx.store.get_text(ctx.layout.key("eval", "toy", "prompts.jsonl")).splitlines()]
     unsure = sum(p["text"].startswith("a blue") for p in prompts)
@@ -168,7 +168,7 @@ def test_think_mode_is_skipped_and_said_when_the_model_has_none(tmp_path, toy_mo
     monkeypatch.setattr(evaluate, "load_round_model", lambda ctx, **kw: Recording(toy_model, think=False))
     evaluate.run(exp, 1, 0, 1, progress=False)
     ctx = StageContext.create(exp, 1)
-    s = ctx.store.get_json(summary_key(ctx.layout))
+    s = ctx.store.get_json(ctx.layout.eval_summary_key)
     assert set(s["benchmarks"]["toy"]["runs"]) == {"base/plain", "trained/plain"}
     assert s["benchmarks"]["toy"]["skipped"]["base/think"] == evaluate.THINK_UNSUPPORTED
     assert "understanding" not in s
@@ -193,12 +193,12 @@ def test_toy_benchmark_through_the_triton_evaluator(triton_server, tmp_path, toy
     monkeypatch.setattr(evaluate, "load_round_model", lambda ctx, **kw: toy_model)
     evaluate.run(exp, 1, 0, 1, progress=False)
     ctx = StageContext.create(exp, 1)
-    rows = [json.loads(x) for x in ctx.store.get_text(results_key(ctx.layout, Run("toy", "base", "plain"), 0)).splitlines()]
+    rows = [json.loads(x) for x in ctx.store.get_text(ctx.layout.eval_results_key(Run("toy", "base", "plain"), 0)).splitlines()]
     assert len(rows) == 6 and all(r["parsed"] for r in rows)
     for r in rows:
         assert r["values"]["accuracy"] == float(evaluate_image(ctx.store.get_png(r["image_key"]), r["prompt"]))
         assert r["answers"][0]["text"].startswith("Answer: ")
-    assert ctx.store.get_json(summary_key(ctx.layout))["benchmarks"]["toy"]["runs"]["base/plain"]["items"] == 6
+    assert ctx.store.get_json(ctx.layout.eval_summary_key)["benchmarks"]["toy"]["runs"]["base/plain"]["items"] == 6
 
 
 def test_analyses_per_step_and_clusters_on_the_toy_world(tmp_path, monkeypatch):

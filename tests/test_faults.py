@@ -22,7 +22,6 @@ from srum_jobs.config import parse_experiment
 from srum_jobs.local import default_experiment, run_local
 from srum_jobs.records import RewardRecord, read_records
 from srum_jobs.stages.common import StageContext, round_prompts
-from srum_jobs.stages.generate import records_key
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -62,7 +61,7 @@ def _wait_for(pred, timeout: float, what: str, proc: subprocess.Popen = None) ->
 
 def _records(data: dict) -> list:
     ctx = StageContext.create(parse_experiment(data), 1)
-    text = ctx.store.get_text(records_key(ctx, 0), verify=True)
+    text = ctx.store.get_text(ctx.layout.records_key(0), verify=True)
     return list(read_records(text, RewardRecord))
 
 
@@ -113,10 +112,8 @@ def test_training_killed_between_checkpoints_resumes_with_the_same_curve(tmp_pat
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed_from = max(s for s in ctx.layout.completed_checkpoints() if s < 8)
     assert "resuming from checkpoint step" in rerun.stderr
-    from srum_jobs.stages.train import load_metrics
-
-    curve = load_metrics(ctx)
-    ref = load_metrics(StageContext.create(parse_experiment(clean), 1))
+    curve = ctx.layout.metrics()
+    ref = StageContext.create(parse_experiment(clean), 1).layout.metrics()
     assert [r["step"] for r in curve] == list(range(1, 9)) and resumed_from >= 4  # continues, no gap, no repeat
     for got, want in zip(curve, ref):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-7), (got, want)

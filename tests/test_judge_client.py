@@ -16,7 +16,8 @@ from srum_jobs.config import JudgeConfig
 from srum_jobs.judging.client import (JudgeEndpointError, JudgeRequestError, JudgeUnavailable, TritonTransport,
                                       cache_digest, default_cache_key, parse_url)
 from srum_jobs.judging.protocols import BoxOptions, JudgeParams, JudgeReply
-from srum_jobs.storage import RunLayout, open_store
+from srum_jobs.layout import RunLayout
+from srum_jobs.storage import open_store
 
 
 def _png(seed: int, size: int = 32) -> bytes:

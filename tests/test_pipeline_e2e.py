@@ -23,7 +23,6 @@ from srum_jobs.config import parse_experiment
 from srum_jobs.local import default_experiment, run_local
 from srum_jobs.records import RewardRecord, read_records
 from srum_jobs.stages.common import StageContext, round_prompts
-from srum_jobs.stages.generate import records_key
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -45,7 +44,7 @@ def _check_artifacts(ctx: StageContext) -> None:
     seen = []
     for shard in range(exp.prompts.num_shards):
         assert ctx.layout.shard_done("generate", shard) and ctx.layout.shard_done("rewards", shard)
-        key = records_key(ctx, shard)
+        key = ctx.layout.records_key(shard)
         recs = list(read_records(ctx.store.get_text(key, verify=True), RewardRecord))
         seen += [(r.prompt_id, r.candidate_index) for r in recs]
         for r in recs:

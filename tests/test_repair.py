@@ -88,7 +88,7 @@ def _stage(*args):
 
 def test_a_damaged_records_jsonl_is_quarantined_and_rebuilt_by_generate(built, tmp_path):
     root, data, f, ctx = _copy(built, tmp_path)
-    records = root / generate.records_key(ctx, 0)
+    records = root / ctx.layout.records_key(0)
     original = _sha(records)
     _flip(records)
     r = _stage("generate", "--experiment", str(f), "--shard", "0", "--num-shards", "2")
@@ -107,21 +107,21 @@ def test_a_damaged_records_jsonl_is_rebuilt_by_the_rewards_stage(built, tmp_path
     root, data, f, ctx = _copy(built, tmp_path)
     maps = sorted((root / ctx.layout.shard_prefix("rewards", 0)).glob("*.rmap"))
     before = {p.name: _sha(p) for p in maps}
-    index_before = _sha(root / rewards.index_key(ctx, 0))
+    index_before = _sha(root / ctx.layout.rewards_index_key(0))
     ctx.layout.unmark("rewards", 0)
     for p in maps:
         p.unlink()
-    (root / generate.records_key(ctx, 0)).write_text('{"kind": "reward", "v": 1}\n')     # a checksum that fails
+    (root / ctx.layout.records_key(0)).write_text('{"kind": "reward", "v": 1}\n')     # a checksum that fails
     r = _stage("rewards", "--experiment", str(f), "--shard", "0", "--num-shards", "2")
     assert r.exit_code == 0, r.output
     assert "records.jsonl was damaged" in r.output and "rebuilt it from 8 candidate records" in r.output
     after = {p.name: _sha(p) for p in sorted((root / ctx.layout.shard_prefix("rewards", 0)).glob("*.rmap"))}
-    assert after == before and _sha(root / rewards.index_key(ctx, 0)) == index_before
+    assert after == before and _sha(root / ctx.layout.rewards_index_key(0)) == index_before
 
 
 def test_a_damaged_candidate_record_is_generated_and_judged_again(built, tmp_path):
     root, data, f, ctx = _copy(built, tmp_path)
-    records = root / generate.records_key(ctx, 1)
+    records = root / ctx.layout.records_key(1)
     original = records.read_text()
     item = sorted((root / ctx.layout.shard_prefix("judgments", 1) / "items").glob("*.json"))[3]
     item.write_text(item.read_text()[:50])                 # a torn write
@@ -170,7 +170,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_good_one(built, tmp_
 def test_a_damaged_reward_index_stops_training_with_one_line_and_78(built, tmp_path):
     root, data, f, ctx = _copy(built, tmp_path)
     ctx.layout.unmark("train", 0)
-    _flip(root / rewards.index_key(ctx, 1))
+    _flip(root / ctx.layout.rewards_index_key(1))
     r = _stage("train", "--experiment", str(f))
     assert r.exit_code == exitcodes.CONFIG_ERROR, r.output
     assert "Traceback" not in r.output and "error: storage: damaged data:" in r.output and "index.jsonl" in r.output

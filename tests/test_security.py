@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from srum_jobs.cli import main
 from srum_jobs.config import StorageConfig
 from srum_jobs.judging.backends import attribution, batch_log_line
-from srum_jobs.storage import (InvalidKey, LocalStore, NotFound, RunLayout, S3Store, StorageError, normalise_key,
-                               open_store)
+from srum_jobs.layout import RunLayout
+from srum_jobs.storage import InvalidKey, LocalStore, NotFound, S3Store, StorageError, normalise_key, open_store
 from srum_jobs.training.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from srum_jobs.config import StorageConfig
-from srum_jobs.storage import (ChecksumMismatch, InvalidKey, LocalStore, NotFound, RunLayout, StorageError,
-                               normalise_key, open_store)
+from srum_jobs.layout import RunLayout
+from srum_jobs.storage import (ChecksumMismatch, InvalidKey, LocalStore, NotFound, StorageError, normalise_key, open_store)
 
 
 @pytest.fixture(params=["file", "s3"])

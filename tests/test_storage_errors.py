@@ -29,8 +29,9 @@ from click.testing import CliRunner
 from srum_jobs import entry, exitcodes
 from srum_jobs.cli import main
 from srum_jobs.config import ConfigError, StorageConfig, parse_experiment
-from srum_jobs.storage import (InvalidKey, Lease, LeaseHeld, LeaseLost, LocalStore, NoSpace, RunLayout,
-                               StorageUnavailable, open_store)
+from srum_jobs.layout import RunLayout
+from srum_jobs.storage import (InvalidKey, Lease, LeaseHeld, LeaseLost, LocalStore, NoSpace, StorageUnavailable,
+                               open_store)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from srum_jobs.config import StorageConfig
-from srum_jobs.storage import ChecksumMismatch, NotFound, RunLayout, StorageError, open_store
+from srum_jobs.layout import RunLayout
+from srum_jobs.storage import ChecksumMismatch, NotFound, StorageError, open_store
 from srum_jobs.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tests.faultproxy import FaultProxy, key_endswith, part_upload
 

@@ -165,7 +165,8 @@ def status_command(experiment: str, round_: int, namespace: Optional[str], as_js
     """
     import json
 
-    from ..storage import RunLayout, StorageError, open_store
+    from ..layout import RunLayout
+    from ..storage import StorageError, open_store
     from .api import Cluster, ClusterError
     from .ops import format_status, round_status
 

@@ -53,7 +53,7 @@ def orchestrate(cluster: Cluster, ref: RunRef, text: str, store: Any, *, stages:
                 create_configmap: bool = True, poll_s: float = 15.0, timeout_s: Optional[float] = None,
                 echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> None:
     """Run `stages` in order on the cluster; raises StageFailed / ClusterError / StorageError."""
-    from ..storage import RunLayout
+    from ..layout import RunLayout
 
     for s in stages:
         stage_spec(s)          # ValueError naming the stages
@@ -63,7 +63,7 @@ def orchestrate(cluster: Cluster, ref: RunRef, text: str, store: Any, *, stages:
             echo(r.line())
     for stage in [s for s in STAGE_NAMES if s in stages]:
         shards = stage_spec(stage).shards(ref.exp)
-        missing = sorted(set(range(shards)) - set(layout.stage_shards_done(stage)))
+        missing = layout.shards_missing(stage, shards)
         if not missing:
             echo(f"{stage}: already complete in storage ({shards} shard{'s' if shards != 1 else ''}), skipped")
             continue
@@ -80,7 +80,7 @@ def orchestrate(cluster: Cluster, ref: RunRef, text: str, store: Any, *, stages:
                                   exitcodes.CONFIG_ERROR)
             raise StageFailed(f"{stage} failed after its retries ({state.reason}: {state.message}); failed indexes "
                               f"{state.failed_indexes or '-'}\n{tails}")
-        missing = sorted(set(range(shards)) - set(layout.stage_shards_done(stage)))
+        missing = layout.shards_missing(stage, shards)
         if missing:
             raise StageFailed(f"{stage}: job {name} completed but storage has no completion marker for shard(s) "
                               f"{missing}; the stage exited 0 without finishing its work")

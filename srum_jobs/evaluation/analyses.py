@@ -35,10 +35,6 @@ PER_STEP = "per_step"
 CLUSTERS = "clusters"
 
 
-def _key(ctx: Any, analysis: str, name: str) -> str:
-    return ctx.layout.key("eval", "analyses", analysis, f"{name}.json")
-
-
 def checkpoints(ctx: Any, extra: Dict[str, str]) -> List[Tuple[str, Any]]:
     """(name, loader) for base, trained and the configured extra checkpoints."""
     from ..models.base import load_model
@@ -111,7 +107,7 @@ def run_per_step(ctx: Any, progress: bool = True) -> None:
     prompts = _analysis_prompts(ctx, cfg.prompts)
     steps = sorted(set(cfg.steps)) or default_steps(g.steps)
     for name, load in checkpoints(ctx, cfg.checkpoints):
-        key = _key(ctx, PER_STEP, name)
+        key = ctx.layout.analysis_key(PER_STEP, name)
         if ctx.store.exists(key):
             continue
         model = load()
@@ -271,11 +267,11 @@ def run_clusters(ctx: Any, progress: bool = True) -> None:
     seeds = [candidate_seed(exp.eval.seed, 0, p.index, 0) for p in prompts]
     gen_kwargs = dict(steps=g.steps, guidance=g.guidance, resolution=g.resolution)
     labels: Optional[np.ndarray] = None
-    labels_key = _key(ctx, CLUSTERS, "_units")
+    labels_key = ctx.layout.analysis_key(CLUSTERS, "_units")
     if ctx.store.exists(labels_key):
         labels = np.asarray(ctx.store.get_json(labels_key)["labels"])
     for name, load in checkpoints(ctx, cfg.checkpoints):
-        key = _key(ctx, CLUSTERS, name)
+        key = ctx.layout.analysis_key(CLUSTERS, name)
         if ctx.store.exists(key):
             continue
         model = load()
@@ -312,7 +308,7 @@ def run_analyses(ctx: Any, progress: bool = True) -> None:
 def load_analyses(ctx: Any) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for analysis in (PER_STEP, CLUSTERS):
-        prefix = ctx.layout.key("eval", "analyses", analysis) + "/"
+        prefix = ctx.layout.analysis_prefix(analysis)
         found = {}
         for k in ctx.store.list(prefix):
             name = k.rsplit("/", 1)[-1][:-len(".json")]

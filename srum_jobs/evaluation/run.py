@@ -37,24 +37,9 @@ class Run:
     def name(self) -> str:
         return f"{self.variant}/{self.mode}"
 
-    def area(self) -> str:
-        return f"eval/{self.benchmark}/{self.variant}/{self.mode}"
-
-
-def run_prefix(layout: Any, run: Run, shard: int) -> str:
-    return layout.shard_prefix(run.area(), shard)
-
-
-def results_key(layout: Any, run: Run, shard: int) -> str:
-    return run_prefix(layout, run, shard) + "results.jsonl"
-
 
 def item_name(prompt: Prompt, sample: int) -> str:
     return f"{prompt.index:06d}-{sample}"
-
-
-def summary_key(layout: Any) -> str:
-    return layout.key("eval", "summary.json")
 
 
 # ------------------------------------------------------------------------------------------- prompts
@@ -62,7 +47,7 @@ def summary_key(layout: Any) -> str:
 
 def benchmark_prompts(ctx: Any, bcfg: Any, bench: Benchmark) -> List[Prompt]:
     """The benchmark's prompt list, frozen in storage on first use (every shard and rerun agrees)."""
-    key = ctx.layout.key("eval", bcfg.name, "prompts.jsonl")
+    key = ctx.layout.benchmark_prompts_key(bcfg.name)
     if ctx.store.is_complete(key):
         return list(read_records(ctx.store.get_text(key, verify=True), Prompt, source=ctx.store.uri_for(key)))
     p = ctx.exp.prompts
@@ -132,24 +117,23 @@ class RunSpec:
     samples: int
 
 
-def done_items(store: Any, prefix: str) -> Dict[str, dict]:
+def done_items(store: Any, items_prefix: str) -> Dict[str, dict]:
     out = {}
-    for key in store.list(prefix + "items/"):
+    for key in store.list(items_prefix):
         if key.endswith(".json"):
             out[key.rsplit("/", 1)[-1][:-len(".json")]] = store.get_json(key)
     return out
 
 
 def run_complete(store: Any, layout: Any, run: Run, shard: int) -> bool:
-    return store.is_complete(results_key(layout, run, shard))
+    return store.is_complete(layout.eval_results_key(run, shard))
 
 
 async def evaluate_run(ctx: Any, spec: RunSpec, shard: int, model: Any, scorer: Scorer, *, seed_of: Callable,
                        think: bool, agreement: Optional[Callable] = None, bar: Any = None) -> List[dict]:
     """Generate and score every missing item of one run; write results.jsonl when all are there."""
     store, layout, g = ctx.store, ctx.layout, ctx.exp.generation
-    prefix = run_prefix(layout, spec.run, shard)
-    have = done_items(store, prefix)
+    have = done_items(store, layout.eval_items_prefix(spec.run, shard))
     todo = [(p, s) for p in spec.prompts for s in range(spec.samples) if item_name(p, s) not in have]
     if bar is not None:
         bar.update(len(spec.prompts) * spec.samples - len(todo))
@@ -159,7 +143,7 @@ async def evaluate_run(ctx: Any, spec: RunSpec, shard: int, model: Any, scorer: 
     async def finish(p: Prompt, s: int, seed: int, image: Any, think_text: Optional[str], agrees: Any) -> None:
         try:
             png = png_bytes(image)
-            image_key = prefix + f"images/{item_name(p, s)}.png"
+            image_key = layout.eval_image_key(spec.run, shard, item_name(p, s))
             await asyncio.to_thread(store.put_bytes, image_key, png)
             result = await scorer.score(spec.bench, p, png)
             row = {"benchmark": spec.run.benchmark, "variant": spec.run.variant, "mode": spec.run.mode,
@@ -167,7 +151,7 @@ async def evaluate_run(ctx: Any, spec: RunSpec, shard: int, model: Any, scorer: 
                    "seed": seed, "image_key": image_key, "image_sha256": sha256_hex(png), "think_text": think_text,
                    "parsed": result.parsed, "values": result.values, "note": result.note,
                    "answers": result.answers, "judge_ok": agrees}
-            await asyncio.to_thread(store.put_json, prefix + f"items/{item_name(p, s)}.json", row)
+            await asyncio.to_thread(store.put_json, layout.eval_item_key(spec.run, shard, item_name(p, s)), row)
             have[item_name(p, s)] = row
             if bar is not None:
                 bar.update(1)
@@ -196,14 +180,14 @@ async def evaluate_run(ctx: Any, spec: RunSpec, shard: int, model: Any, scorer: 
     if errors:
         raise errors[0]
     rows = [have[item_name(p, s)] for p in spec.prompts for s in range(spec.samples)]
-    store.put_jsonl(results_key(layout, spec.run, shard), rows, checksum=True)
+    store.put_jsonl(layout.eval_results_key(spec.run, shard), rows, checksum=True)
     return rows
 
 
 def read_results(store: Any, layout: Any, run: Run, shards: Sequence[int]) -> List[dict]:
     rows: List[dict] = []
     for s in shards:
-        key = results_key(layout, run, s)
+        key = layout.eval_results_key(run, s)
         if store.exists(key):
             rows += [json.loads(line) for line in store.get_text(key, verify=True).splitlines() if line]
     return sorted(rows, key=lambda r: (r["index"], r["sample"]))

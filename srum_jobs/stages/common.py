@@ -10,7 +10,8 @@ from typing import Any, List, Optional
 from ..config import Experiment
 from ..prompts import load_prompts
 from ..records import Prompt, read_records
-from ..storage import Lease, ObjectStore, RunLayout, open_store
+from ..layout import RunLayout
+from ..storage import Lease, ObjectStore, open_store
 
 
 @dataclass

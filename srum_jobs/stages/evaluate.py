@@ -18,17 +18,13 @@ from ..config import Experiment
 from ..evaluation import load_benchmark
 from ..evaluation.evaluator import check_evaluator, evaluator_transport
 from ..evaluation.run import (VARIANTS, Run, RunSpec, Scorer, benchmark_prompts, evaluate_run, model_agreement,
-                              run_complete, summary_key)
+                              run_complete)
 from ..prompts import shard_prompts
 from ..registry import MODEL_ADAPTERS
 from .common import StageContext, candidate_seed, load_round_model
 from .progress import progress_bar
 
 THINK_UNSUPPORTED = "the model does not support think mode"
-
-
-def understanding_key(ctx: StageContext, variant: str, shard: int) -> str:
-    return ctx.layout.shard_prefix(f"eval/understanding/{variant}", shard) + "results.jsonl"
 
 
 def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, progress: bool = True) -> Dict[str, Any]:
@@ -42,7 +38,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
     items = 0
     for variant in VARIANTS:
         todo = [s for s in specs[variant] if not run_complete(ctx.store, ctx.layout, s.run, shard)]
-        vqa_todo = exp.eval.understanding.enabled and not ctx.store.is_complete(understanding_key(ctx, variant, shard))
+        vqa_todo = exp.eval.understanding.enabled and not ctx.store.is_complete(ctx.layout.understanding_key(variant, shard))
         if not todo and not vqa_todo:
             continue
         model = load_round_model(ctx) if variant == "base" else load_round_model(ctx, trained_round=round)
@@ -58,7 +54,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
         run_analyses(ctx, progress=progress)
     ctx.layout.mark_done("eval", shard, items=items, skipped=skipped)
     if sorted(ctx.layout.stage_shards_done("eval")) == list(range(num_shards)):
-        ctx.store.put_json(summary_key(ctx.layout), summarise(ctx))
+        ctx.store.put_json(ctx.layout.eval_summary_key, summarise(ctx))
     return ctx.layout.marker("eval", shard) or {}
 
 
@@ -104,7 +100,7 @@ def _understanding(ctx: StageContext, model: Any, variant: str, shard: int, num_
     items = [it for it in load_items(cfg.source, ctx.exp.storage, cfg.limit) if it.index % num_shards == shard]
     asker = Asker(resolve_style(cfg.style, ctx.exp.model.adapter), ctx.exp)
     rows = answer_items(model, items, asker, ctx.exp.judge.max_new_tokens) if items else []
-    ctx.store.put_jsonl(understanding_key(ctx, variant, shard), rows, checksum=True)
+    ctx.store.put_jsonl(ctx.layout.understanding_key(variant, shard), rows, checksum=True)
 
 
 def summarise(ctx: StageContext) -> Dict[str, Any]:
@@ -126,7 +122,7 @@ def summarise(ctx: StageContext) -> Dict[str, Any]:
         for variant in VARIANTS:
             rows[variant] = []
             for s in shards:
-                key = understanding_key(ctx, variant, s)
+                key = ctx.layout.understanding_key(variant, s)
                 if ctx.store.exists(key):
                     rows[variant] += [json.loads(x) for x in ctx.store.get_text(key, verify=True).splitlines() if x]
         out["understanding"] = summarise_understanding({v: r for v, r in rows.items() if r}, exp)

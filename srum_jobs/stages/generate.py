@@ -16,29 +16,14 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 from ..config import Experiment
-from ..prompts import shard_prompts
-from ..records import Prompt, RecordError, RewardRecord, parse_record, read_records
-from ..storage import DamagedData, NotFound, png_bytes, sha256_hex
-from .common import StageContext, candidate_seed, load_round_model, round_prompts
-from .progress import _secs, progress_bar
-
-Item = Tuple[Prompt, int]
-
-
-def image_key(ctx: StageContext, shard: int, prompt: Prompt, k: int) -> str:
-    return ctx.layout.shard_prefix("candidates", shard) + f"{prompt.index:06d}/{k}.png"
-
-
-def item_key(ctx: StageContext, shard: int, prompt: Prompt, k: int) -> str:
-    return ctx.layout.shard_prefix("judgments", shard) + f"items/{prompt.index:06d}-{k}.json"
-
-
-def records_key(ctx: StageContext, shard: int) -> str:
-    return ctx.layout.shard_prefix("judgments", shard) + "records.jsonl"
-
+from ..records import Prompt, RecordError, RewardRecord
+from ..storage import png_bytes, sha256_hex
+from .candidates import Item, quarantine_records, read_items, records_damage, shard_items
+from .common import StageContext, candidate_seed, load_round_model
+from .progress import progress_bar, seconds
 
 def _chunks(seq: Sequence, n: int):
     for i in range(0, len(seq), n):
@@ -79,11 +64,12 @@ async def _generate_and_judge(ctx: StageContext, shard: int, todo: List[Item], m
     async def one(prompt: Prompt, k: int, seed: int, generated: Any) -> None:
         async with in_flight:
             png = png_bytes(generated.image)
-            ikey = image_key(ctx, shard, prompt, k)
+            ikey = ctx.layout.candidate_image_key(shard, prompt.index, k)
             await asyncio.to_thread(ctx.store.put_bytes, ikey, png)
             record = await judge_fn(png, prompt, k, seed, ikey, sha256_hex(png), generated.image.size)
             # the record is written last: its presence means the candidate is completely done
-            await asyncio.to_thread(ctx.store.put_text, item_key(ctx, shard, prompt, k), record.to_json_line())
+            await asyncio.to_thread(ctx.store.put_text, ctx.layout.candidate_record_key(shard, prompt.index, k),
+                                    record.to_json_line())
             bar.update(1)
 
     try:
@@ -121,75 +107,6 @@ def make_judge_fn(ctx: StageContext, transport: Any):
     return judge_fn
 
 
-def shard_items(ctx: StageContext, shard: int, num_shards: int) -> Tuple[List[Prompt], List[Item]]:
-    """The prompts of a shard and its (prompt, k) candidates, in order."""
-    prompts = shard_prompts(round_prompts(ctx), shard, num_shards)
-    return prompts, [(p, k) for p in prompts for k in range(ctx.exp.generation.candidates_per_prompt)]
-
-
-def read_items(ctx: StageContext, shard: int, items: List[Item]) -> Tuple[List[RewardRecord], Dict[str, str]]:
-    """The candidates' records in order, and {key: what is wrong} for each one missing or damaged."""
-    records: List[RewardRecord] = []
-    bad: Dict[str, str] = {}
-    for p, k in items:
-        key = item_key(ctx, shard, p, k)
-        try:
-            rec = parse_record(ctx.store.get_text(key), RewardRecord, source=ctx.store.uri_for(key))
-            if (rec.prompt_id, rec.candidate_index) != (p.id, k):
-                raise RecordError(f"{ctx.store.uri_for(key)}: holds candidate {rec.prompt_id}#{rec.candidate_index}, "
-                                  f"not {p.id}#{k}")
-            records.append(rec)
-        except NotFound:
-            bad[key] = "missing"
-        except (RecordError, DamagedData) as e:
-            bad[key] = str(e)
-    return records, bad
-
-
-def records_damage(ctx: StageContext, shard: int) -> Optional[str]:
-    """What is wrong with a finished shard's records.jsonl, or None when it is whole."""
-    key = records_key(ctx, shard)
-    try:
-        text = ctx.store.get_text(key, verify=True)
-        n = sum(1 for _ in read_records(text, RewardRecord, source=ctx.store.uri_for(key)))
-    except NotFound:
-        return "missing"
-    except (RecordError, DamagedData) as e:
-        return str(e)
-    expected = (ctx.layout.marker("generate", shard) or {}).get("records")
-    if expected is not None and n != expected:
-        return f"it holds {n} records; the shard's marker says {expected}"
-    return None
-
-
-def _quarantine_records(ctx: StageContext, shard: int, why: str) -> str:
-    key = records_key(ctx, shard)
-    where = ctx.layout.quarantine(key, why) if ctx.store.exists(key) else "(nothing to move)"
-    ctx.layout.unmark("generate", shard)
-    return where
-
-
-def rebuild_records(ctx: StageContext, shard: int, num_shards: int, why: str) -> List[RewardRecord]:
-    """Repair a damaged records.jsonl from the candidates' own records (no model, no judge). If some of those
-    are damaged too, they are quarantined and the shard's marker removed: the generate stage redoes just
-    them (`srum run` does that on its next run)."""
-    where = _quarantine_records(ctx, shard, why)
-    _, items = shard_items(ctx, shard, num_shards)
-    records, bad = read_items(ctx, shard, items)
-    if bad:
-        for key, what in bad.items():
-            if what != "missing":
-                ctx.layout.quarantine(key, what)
-        raise RecordError(f"generate shard {shard}: records.jsonl was damaged ({why}; moved to {where}) and "
-                          f"{len(bad)} candidate record(s) cannot rebuild it (e.g. {next(iter(bad.values()))}); "
-                          "they were moved aside: run generate for this shard again (`srum run` does it by itself)")
-    ctx.store.put_jsonl(records_key(ctx, shard), records, checksum=True)
-    ctx.layout.mark_done("generate", shard, records=len(records), rebuilt_from_items=True)
-    ctx.say(f"generate shard {shard}: records.jsonl was damaged ({why}); moved to {where}; rebuilt it from "
-            f"{len(records)} candidate records")
-    return records
-
-
 def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, transport: Any = None,
         progress: bool = True) -> Dict[str, Any]:
     ctx = StageContext.create(exp, round)
@@ -198,7 +115,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, tra
         if damage is None:
             ctx.say(f"generate shard {shard}/{num_shards}: already complete")
             return ctx.layout.marker("generate", shard) or {}
-        where = _quarantine_records(ctx, shard, damage)
+        where = quarantine_records(ctx, shard, damage)
         ctx.say(f"generate shard {shard}: records.jsonl is damaged ({damage}); moved to {where}; redoing the shard "
                 "from its candidate records")
     prompts, items = shard_items(ctx, shard, num_shards)
@@ -207,8 +124,8 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, tra
     timing: Dict[str, float] = {}
     model = None
     for attempt in (1, 2):     # the second pass redoes candidates whose stored record was found damaged
-        done = set(ctx.store.list(ctx.layout.shard_prefix("judgments", shard) + "items/"))
-        todo = [(p, k) for p, k in items if item_key(ctx, shard, p, k) not in done]
+        done = set(ctx.store.list(ctx.layout.candidate_records_prefix(shard)))
+        todo = [(p, k) for p, k in items if ctx.layout.candidate_record_key(shard, p.index, k) not in done]
         if attempt == 1:
             ctx.say(f"generate shard {shard}/{num_shards}: {len(prompts)} prompts x {K} = {len(items)} candidates, "
                     f"{len(items) - len(todo)} already done")
@@ -225,11 +142,11 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, tra
     else:
         raise RecordError(f"generate shard {shard}: {len(bad)} candidate record(s) are still missing or damaged after "
                           f"a second pass (e.g. {next(iter(bad.values()))})")
-    ctx.store.put_jsonl(records_key(ctx, shard), records, checksum=True)
+    ctx.store.put_jsonl(ctx.layout.records_key(shard), records, checksum=True)
     summary = {"records": len(records), "prompts": len(prompts),
                "global_unparsed": sum(not r.global_judgment.parsed for r in records),
                "regions_unparsed": sum(not r.regions_parsed for r in records),
-               "wall_s": _secs(time.perf_counter() - t0), **{k: _secs(v) for k, v in timing.items()}}
+               "wall_s": seconds(time.perf_counter() - t0), **{k: seconds(v) for k, v in timing.items()}}
     ctx.layout.mark_done("generate", shard, **summary)
     ctx.say(f"generate shard {shard}: done: {json.dumps(summary)}")
     return summary

@@ -18,6 +18,6 @@ def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0, enab
         bar.close()
 
 
-def _secs(x: float) -> float:
+def seconds(x: float) -> float:
     """Seconds to milliseconds precision (stage functions take a `round` argument, which shadows round())."""
     return int(x * 1000) / 1000.0

@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from ..config import Experiment
 from ..evaluation import tables
-from ..evaluation.run import Run, read_results, summary_key
+from ..evaluation.run import Run, read_results
 from ..storage import NotFound
 from .common import StageContext
 
@@ -160,11 +159,10 @@ def _reward_map_figure(ctx: StageContext, n: int = 6):
     import matplotlib.pyplot as plt
 
     from ..rewards import decode_map
-    from .rewards import index_key
 
     entries = []
     for s in ctx.layout.stage_shards_done("rewards"):
-        entries += [json.loads(x) for x in ctx.store.get_text(index_key(ctx, s)).splitlines() if x]
+        entries += ctx.layout.rewards_index(s, verify=False)
     used = [e for e in entries if e["used"]]
     if not used:
         return None
@@ -193,9 +191,7 @@ def _loss_figure(ctx: StageContext):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .train import load_metrics
-
-    rows = load_metrics(ctx)
+    rows = ctx.layout.metrics()
     if not rows:
         return None
     steps = [r["step"] for r in rows]
@@ -224,9 +220,9 @@ def _rewards_stats(ctx: StageContext) -> Dict[str, int]:
 def headline(ctx: StageContext) -> Dict[str, Any]:
     """What `srum run` prints at the end: where the report is and the headline numbers."""
     try:
-        summary = ctx.store.get_json(summary_key(ctx.layout))
+        summary = ctx.layout.eval_summary()
     except NotFound:
-        return {"lines": [f"no evaluation summary at {ctx.store.uri_for(summary_key(ctx.layout))}"]}
+        return {"lines": [f"no evaluation summary at {ctx.store.uri_for(ctx.layout.eval_summary_key)}"]}
     lines = tables.headline_lines(summary.get("headline") or {}, ctx.round)
     u = summary.get("understanding")
     if u and u.get("runs"):
@@ -235,7 +231,7 @@ def headline(ctx: StageContext) -> Dict[str, Any]:
                                                                    for v, a in acc.items())
                      + (f"; trained - base {tables.fmt_change((u.get('comparison') or {}).get('rows', {}).get('overall'), '%')}"
                         if u.get("comparison") else ""))
-    lines.append(f"report: {ctx.store.uri_for(ctx.layout.key('report', 'report.html'))}")
+    lines.append(f"report: {ctx.store.uri_for(ctx.layout.report_key('report.html'))}")
     return {"lines": lines, "summary": summary.get("headline")}
 
 
@@ -284,11 +280,11 @@ def _eval_sections(summary: Dict[str, Any], round: int) -> tuple:
 def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, progress: bool = True) -> str:
     """Write the round's report (one shard: the stage is not sharded); returns where it is."""
     ctx = StageContext.create(exp, round)
-    where = ctx.store.uri_for(ctx.layout.key("report", "report.html"))
+    where = ctx.store.uri_for(ctx.layout.report_key("report.html"))
     if ctx.layout.shard_done("report", 0):
         ctx.say("report: already complete")
         return where
-    summary = ctx.store.get_json(summary_key(ctx.layout))
+    summary = ctx.layout.eval_summary()
     eval_html, eval_md, eval_figs = _eval_sections(summary, round)
     stats = _rewards_stats(ctx)
     gen_markers = [ctx.layout.marker("generate", s) or {} for s in ctx.layout.stage_shards_done("generate")]
@@ -326,7 +322,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
             "pre.headline{background:#f6f8fa;padding:0.8em;border-radius:4px}</style></head><body>"
             + "\n".join(sections) + "</body></html>")
-    ctx.store.put_text(ctx.layout.key("report", "report.html"), page)
-    ctx.store.put_text(ctx.layout.key("report", "report.md"), "\n".join(md) + "\n")
+    ctx.store.put_text(ctx.layout.report_key("report.html"), page)
+    ctx.store.put_text(ctx.layout.report_key("report.md"), "\n".join(md) + "\n")
     ctx.layout.mark_done("report", 0)
     return where

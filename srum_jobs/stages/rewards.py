@@ -7,37 +7,16 @@ the model knows. The summary counts what the trainer will not see and why.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ..config import Experiment
-from ..records import RecordError, RewardRecord, read_records
 from ..rewards import encode_map, reward_map_from_record, training_filter
-from ..storage import DamagedData, NotFound
+from .candidates import shard_records
 from .common import StageContext
-from .generate import rebuild_records, records_key
 from .progress import progress_bar
-
-
-def map_key(ctx: StageContext, shard: int, record: RewardRecord) -> str:
-    return ctx.layout.shard_prefix("rewards", shard) + f"{record.prompt_id}-{record.candidate_index}.rmap"
-
-
-def index_key(ctx: StageContext, shard: int) -> str:
-    return ctx.layout.shard_prefix("rewards", shard) + "index.jsonl"
-
-
-def shard_records(ctx: StageContext, shard: int, num_shards: int) -> List[RewardRecord]:
-    """A generate shard's records; a damaged records.jsonl is set aside and rebuilt from the candidates'
-    own records (see generate.rebuild_records)."""
-    key = records_key(ctx, shard)
-    try:
-        return list(read_records(ctx.store.get_text(key, verify=True), RewardRecord, source=ctx.store.uri_for(key)))
-    except (RecordError, DamagedData, NotFound) as e:
-        return rebuild_records(ctx, shard, num_shards, str(e))
 
 
 def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Optional[int] = None, *,
@@ -69,7 +48,7 @@ def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Op
                          "global_parsed": rec.global_judgment.parsed, "regions_parsed": rec.regions_parsed}
                 if use:
                     rmap = reward_map_from_record(rec, exp.reward)
-                    key = map_key(ctx, s, rec)
+                    key = ctx.layout.reward_map_key(s, rec.prompt_id, rec.candidate_index)
                     # idempotent: the same record always gives the same bytes, so a rerun rewrites identically
                     payload = encode_map(rmap)
                     ctx.store.put_bytes(key, payload, checksum=True)
@@ -84,8 +63,8 @@ def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Op
                 counts["regions_unparsed"] += int(not rec.regions_parsed)
                 index.append(entry)
                 bar.update(1)
-        ctx.store.put_jsonl(index_key(ctx, s), index, checksum=True)
-        ctx.store.put_json(ctx.layout.shard_prefix("rewards", s) + "summary.json", _summary(index, counts))
+        ctx.store.put_jsonl(ctx.layout.rewards_index_key(s), index, checksum=True)
+        ctx.store.put_json(ctx.layout.rewards_summary_key(s), _summary(index, counts))
         ctx.layout.mark_done("rewards", s, **counts)
         totals.update(counts)
         ctx.say(f"rewards shard {s}: {dict(counts)}")
@@ -99,18 +78,3 @@ def _summary(index: List[dict], counts: Counter) -> Dict[str, Any]:
     return {"counts": dict(counts), "global_score_histogram": {"edges": edges.tolist(), "counts": hist.tolist()},
             "share_unparsed": (counts["global_unparsed"]) / n,
             "share_filtered": 1.0 - counts["used"] / n}
-
-
-def load_training_index(ctx: StageContext) -> List[dict]:
-    """Every used record of the round, across shards, in a fixed order (the trainer's data)."""
-    out = []
-    for s in range(ctx.exp.prompts.num_shards):
-        if not ctx.layout.shard_done("rewards", s):
-            raise RuntimeError(f"train: rewards shard {s} of round {ctx.round} is not complete")
-        key = index_key(ctx, s)
-        for line in ctx.store.get_text(key, verify=True).splitlines():
-            e = json.loads(line)
-            if e["used"]:
-                e["shard"] = s
-                out.append(e)
-    return out

@@ -1,6 +1,8 @@
 """Stage 3, train: reward-weighted flow matching under torchrun.
 
-    torchrun --nproc-per-node P [--nnodes N ...] -m srum_jobs.stages.train --experiment FILE --round R
+    python -m srum_jobs.stages.launch --nproc-per-node P [--nnodes N ...] -- --experiment FILE --round R
+
+(torchrun over `-m srum_jobs.stages.train`, passing a worker's exit code through; see stages/launch.py.)
 
 CPU: gloo, gradients averaged across processes by hooks. GPU: NCCL (FSDP for large adapters is the
 adapter's business through `model.trainable_parameters()`). Rank 0 owns storage writes. Data order is a
@@ -24,8 +26,7 @@ from ..config import Experiment
 from ..models.base import pixels_from_images
 from ..rewards import decode_map
 from .common import StageContext, load_round_model
-from .progress import _secs, progress_bar
-from .rewards import load_training_index
+from .progress import progress_bar, seconds
 
 
 # ------------------------------------------------------------------------------------------------ dist
@@ -126,7 +127,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
             ctx.say("train: already complete")
         return ctx.layout.marker("train", 0) or {}
     torch.manual_seed(tc.seed + rank)
-    index = load_training_index(ctx)
+    index = ctx.layout.training_index(exp.prompts.num_shards)
     if not index:
         raise RuntimeError(f"train: round {round} has no usable reward records (all filtered); see the rewards summary")
     model = load_round_model(ctx, extra_params=_parallel_params(exp))
@@ -215,7 +216,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
                                 for p, r in zip(params, raw):
                                     p.copy_(r)
                     # the loss curve of this interval travels with the checkpoint: a resume never duplicates it
-                    ctx.store.put_jsonl(ctx.layout.key("train", f"metrics-{step + 1:07d}.jsonl"), metrics)
+                    ctx.store.put_jsonl(ctx.layout.metrics_key(step + 1), metrics)
                     parts = {k: v for k, v in parts.items() if v is not None}
                     save_checkpoint(ctx.layout, step + 1, parts, meta={"world_size": world}, uploaded=uploaded)
                     pruned = prune_checkpoints(ctx.layout, tc.keep_checkpoints)
@@ -226,7 +227,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
                 if world > 1:
                     torch.distributed.barrier()
     summary = {"final_step": tc.steps, "ema": bool(ema), "steps": tc.steps, "world_size": world, "records": len(index),
-               "wall_s": _secs(time.perf_counter() - t0)}
+               "wall_s": seconds(time.perf_counter() - t0)}
     if rank == 0:
         ctx.layout.mark_done("train", 0, **summary)
         ctx.say(f"train: done {json.dumps(summary)}")
@@ -234,15 +235,6 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return summary
-
-
-def load_metrics(ctx: StageContext) -> List[Dict[str, float]]:
-    """The loss curve, in step order, from the per-checkpoint metric files."""
-    rows: List[Dict[str, float]] = []
-    for key in ctx.store.list(ctx.layout.key("train") + "/"):
-        if key.rsplit("/", 1)[-1].startswith("metrics-"):
-            rows.extend(json.loads(line) for line in ctx.store.get_text(key).splitlines() if line)
-    return sorted(rows, key=lambda r: r["step"])
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -18,10 +18,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..storage import ChecksumMismatch, NotFound, RunLayout, sha256_hex
+from ..layout import CHECKPOINT_MANIFEST as MANIFEST, RunLayout
+from ..storage import ChecksumMismatch, NotFound, sha256_hex
 
 FORMAT = 1
-MANIFEST = "manifest.json"
 
 
 class CorruptCheckpoint(ChecksumMismatch):
@@ -31,17 +31,17 @@ class CorruptCheckpoint(ChecksumMismatch):
 def save_part(layout: RunLayout, step: int, name: str, obj: Any, scratch: Optional[Path] = None) -> str:
     """Upload one part of a checkpoint (any rank may, e.g. its optimizer shard); returns its sha256.
     Invisible until a manifest that lists it is written."""
-    prefix = layout.checkpoint_prefix(step)
+    key = layout.checkpoint_part_key(step, name)
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
     if scratch is not None and len(data) > (64 << 20):   # big: stream from disk, multipart on S3
         path = Path(scratch) / f"{name}.pt"
         path.write_bytes(data)
-        digest = layout.store.put_file(prefix + f"{name}.pt", path)
+        digest = layout.store.put_file(key, path)
         path.unlink()
         return digest
-    return layout.store.put_bytes(prefix + f"{name}.pt", data, checksum=True)
+    return layout.store.put_bytes(key, data, checksum=True)
 
 
 def save_checkpoint(layout: RunLayout, step: int, parts: Dict[str, Any], meta: Optional[Dict[str, Any]] = None,
@@ -54,7 +54,7 @@ def save_checkpoint(layout: RunLayout, step: int, parts: Dict[str, Any], meta: O
         files[f"{name}.pt"] = save_part(layout, step, name, obj, scratch)
     manifest = {"format": FORMAT, "step": step, "files": files, "saved_at": time.time(), **(meta or {})}
     layout.check_commit()
-    layout.store.put_json(prefix + MANIFEST, manifest, checksum=True)   # last: marks it complete
+    layout.store.put_json(layout.checkpoint_manifest_key(step), manifest, checksum=True)   # last: marks it complete
     return prefix
 
 
@@ -66,7 +66,7 @@ def latest_checkpoint(layout: RunLayout) -> Optional[int]:
 def load_checkpoint(layout: RunLayout, step: int, parts: Optional[list] = None) -> Dict[str, Any]:
     """Verify and load a complete checkpoint (all parts, or the named ones)."""
     prefix = layout.checkpoint_prefix(step)
-    manifest = layout.store.get_json(prefix + MANIFEST, verify=True)
+    manifest = layout.store.get_json(layout.checkpoint_manifest_key(step), verify=True)
     out: Dict[str, Any] = {"manifest": manifest}
     for fname, digest in manifest["files"].items():
         name = fname[:-3]
@@ -115,7 +115,7 @@ def prune_checkpoints(layout: RunLayout, keep: Optional[int]) -> List[int]:
     newest = complete[-1] if complete else None
     doomed = complete[:-keep] if len(complete) > keep else []
     if newest is not None:     # a crash mid-checkpoint leaves files without a committed manifest
-        seen = {int(k.split("/")[-2][len("step-"):]) for k in layout.store.list(layout.key("checkpoints") + "/")
+        seen = {int(k.split("/")[-2][len("step-"):]) for k in layout.store.list(layout.checkpoints_prefix)
                 if k.split("/")[-2].startswith("step-")}
         doomed += [s for s in seen if s < newest and s not in complete]
     for step in sorted(set(doomed)):
