@@ -70,7 +70,7 @@ def perf_input_file(path: Path, n: int, max_new_tokens: int) -> None:
 def cudart_dir(given: Optional[str]) -> str:
     if given:
         return given
-    from srum_jobs.judging.server import TritonInstall
+    from srum_jobs.local.judge_server import TritonInstall
 
     libs = TritonInstall.find().libs_dir
     found = sorted(libs.glob("libcudart*.so.12*"))
@@ -142,7 +142,7 @@ def main(argv=None) -> Dict:
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
 
-    from srum_jobs.judging.server import LocalTritonServer, ModelSpec
+    from srum_jobs.local.judge_server import LocalTritonServer, ModelSpec
 
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = cudart_dir(args.cudart_dir) + (os.pathsep + env["LD_LIBRARY_PATH"]

@@ -54,7 +54,7 @@ def main(argv=None) -> Dict:
 
     from srum_jobs.judging.client import TritonTransport
     from srum_jobs.judging.protocols import JudgeParams
-    from srum_jobs.judging.server import LocalTritonServer, ModelSpec
+    from srum_jobs.local.judge_server import LocalTritonServer, ModelSpec
 
     tmp = tempfile.TemporaryDirectory(prefix="srum-bench-")
     if args.backend == "hf":

@@ -26,7 +26,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from . import exitcodes
 
@@ -327,19 +327,27 @@ def _is_click_exception(e: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------------------- processes
-def die_with_parent(expected_parent: Optional[int] = None, sig: int = signal.SIGTERM) -> bool:
-    """Ask the kernel to send `sig` to this process when its parent dies (Linux PR_SET_PDEATHSIG); if the
-    parent is already gone (it died before this call), stop now. False where the platform cannot."""
+def parent_death_signal(sig: int = signal.SIGTERM) -> Optional[Callable[[], bool]]:
+    """A function that asks the kernel to send `sig` to the calling process when its parent dies (Linux
+    PR_SET_PDEATHSIG) and says whether it could; None where the platform cannot. The C function is looked
+    up now, so the returned one is safe to call between fork and exec (a subprocess preexec_fn)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
 
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return False
+        return None
     pr_set_pdeathsig = 1
-    if prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) != 0:
+    return lambda: prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) == 0
+
+
+def die_with_parent(expected_parent: Optional[int] = None, sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux PR_SET_PDEATHSIG); if the
+    parent is already gone (it died before this call), stop now. False where the platform cannot."""
+    ask = parent_death_signal(sig)
+    if ask is None or not ask():
         return False
     if expected_parent is not None and os.getppid() != expected_parent:
         os.kill(os.getpid(), sig)

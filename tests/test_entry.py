@@ -122,7 +122,7 @@ def test_the_one_loader_reads_exponents_as_numbers_in_srum_run_too(tmp_path, mon
         seen.update(data)
         return {"lines": []}
 
-    monkeypatch.setattr("srum_jobs.local.run_local", fake_run_local)
+    monkeypatch.setattr("srum_jobs.local.executor.run_local", fake_run_local)
     r = _invoke(["run", str(f), "--stages", "train"])
     assert r.exit_code == 0, r.output
     assert seen["training"]["lr"] == 2e-5 and isinstance(seen["training"]["lr"], float)

@@ -81,7 +81,7 @@ def qwen_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluator_server(qwen_dir, tmp_path_factory):
-    from srum_jobs.judging.server import EVALUATOR_MODEL, LocalTritonServer, ModelSpec, TritonNotFound
+    from srum_jobs.local.judge_server import EVALUATOR_MODEL, LocalTritonServer, ModelSpec, TritonNotFound
 
     # The python backend stub must load this interpreter's libpython (see test_hf_judge.py).
     libdir = sysconfig.get_config_var("LIBDIR")

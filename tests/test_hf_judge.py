@@ -184,7 +184,7 @@ def test_hf_judge_and_sam_boxer_through_a_real_triton_server(model_dir, backend,
     import sysconfig
 
     from srum_jobs.judging.client import TritonTransport
-    from srum_jobs.judging.server import LocalTritonServer, TritonNotFound, local_models
+    from srum_jobs.local.judge_server import LocalTritonServer, TritonNotFound, local_models
     from srum_jobs.models.sam_boxer import TINY, SamBoxer, save_random_sam
 
     sam_ckpt = save_random_sam(tmp_path / "sam-tiny.pth", TINY, seed=0)

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from srum_jobs.local import Lease, LeaseHeld, PRESETS, default_experiment
+from srum_jobs.local import PRESETS, default_experiment
 from srum_jobs.config import parse_experiment
 from srum_jobs.stages.train import batch_indices
-from srum_jobs.storage import LocalStore
+from srum_jobs.storage import Lease, LeaseHeld, LocalStore
 
 
 def test_second_run_refuses_while_lease_is_held(tmp_path):

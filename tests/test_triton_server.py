@@ -19,7 +19,7 @@ from srum_jobs.judging.backends import (BackendError, BadRequest, BoxItem, Boxer
                                         backend_class, batch_log_line, decode_image, decode_text, model_settings,
                                         serve_boxer_batch, serve_judge_batch)
 from srum_jobs.judging.protocols import BoxOptions, BoxProposal, JudgeParams, JudgeReply
-from srum_jobs.judging.server import (JUDGE_MODEL, BOXER_MODEL, EVALUATOR_MODEL, LocalTritonServer, ModelSpec,
+from srum_jobs.local.judge_server import (JUDGE_MODEL, BOXER_MODEL, EVALUATOR_MODEL, LocalTritonServer, ModelSpec,
                                       TritonInstall, TritonNotFound, TritonStartError, default_model_source,
                                       generate_repository, group_members, local_models, read_model_config,
                                       triton_errors)
@@ -594,7 +594,7 @@ def test_second_server_on_busy_ports_fails_naming_the_port(triton_server, tmp_pa
     from click.testing import CliRunner
 
     from srum_jobs.cli import main
-    from srum_jobs.judging.server import TritonPortInUse
+    from srum_jobs.local.judge_server import TritonPortInUse
 
     second = LocalTritonServer(local_models("toy", {"preset": "test"}), run_dir=tmp_path / "second",
                                grpc_port=triton_server.grpc_port)

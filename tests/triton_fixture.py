@@ -20,7 +20,7 @@ TOY_BOXER_PARAMS: dict = {}
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory):
     """A started `LocalTritonServer`: `.grpc_url`, `.http_url`, `.metrics_url`, `.log_path`, `.restart()`."""
-    from srum_jobs.judging.server import LocalTritonServer, local_models
+    from srum_jobs.local.judge_server import LocalTritonServer, local_models
 
     server = LocalTritonServer(local_models("toy", TOY_JUDGE_PARAMS, "components", TOY_BOXER_PARAMS,
                                             evaluator_backend="toy_rules"),

@@ -5,7 +5,7 @@ trained.
 the trained model: no judge.evaluator_model, the same Triton model as judge.judge_model, or a local
 evaluator backend that *is* the model under training (the `toy` judge backend is the toy model's own
 understanding side; an `hf`/`bagel` evaluator whose weights are model.checkpoint).
-`local_evaluator_models` is what `srum run` adds to its local Triton server.
+What `srum run` serves as srum_evaluator is local/judge_server.py's `models_for_experiment`.
 """
 
 from __future__ import annotations
@@ -49,16 +49,6 @@ def _other_weights(params: Dict[str, str], exp: Any) -> bool:
     """A self backend pointed at weights that are not the trained model's (e.g. a frozen, larger Bagel)."""
     path = params.get("model_path") or params.get("checkpoint")
     return bool(path) and not (exp.model.checkpoint and _same(path, exp.model.checkpoint))
-
-
-def local_evaluator_models(exp: Any) -> Dict[str, Any]:
-    """{srum_evaluator: ModelSpec} for the local server of `srum run`, from eval.evaluator_backend/params."""
-    from ..judging.server import EVALUATOR_MODEL, ModelSpec
-
-    if exp.judge.evaluator_model != EVALUATOR_MODEL:
-        return {}
-    check_evaluator(exp)
-    return {EVALUATOR_MODEL: ModelSpec(exp.eval.evaluator_backend, dict(exp.eval.evaluator_params))}
 
 
 def evaluator_transport(exp: Any, store: Any = None, cache_key: Any = None) -> Any:

@@ -60,7 +60,7 @@ def serve_command(grpc_port: int, http_port: int, metrics_port: int, host: str, 
     import signal
     import threading
 
-    from .server import LocalTritonServer, TritonServerError, local_models
+    from ..local.judge_server import LocalTritonServer, TritonServerError, local_models
 
     if as_is and not model_repository:
         raise click.UsageError("--as-is needs --model-repository")

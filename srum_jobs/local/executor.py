@@ -31,9 +31,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import click
 
-from . import exitcodes
-from .stages.spec import STAGE_NAMES, StageSpec, get as stage_spec, launcher_argv, parse_stage_list
-from .storage import Lease, LeaseHeld, LeaseLost  # noqa: F401 - LeaseHeld: the error a held lease raises
+from .. import exitcodes
+from ..stages.spec import STAGE_NAMES, StageSpec, get as stage_spec, launcher_argv, parse_stage_list
+from ..storage import Lease, LeaseLost
+from .process_groups import group_members, signal_group
 
 ALL_STAGES = STAGE_NAMES
 
@@ -86,7 +87,7 @@ class Children:
     GRACE_S = 20.0       # SIGTERM -> SIGKILL: long enough for torchrun to stop its workers
 
     def __init__(self, echo: Callable[[str], None] = lambda m: click.echo(m, err=True)) -> None:
-        from . import entry
+        from .. import entry
 
         self.entry, self.echo = entry, echo
         self.procs: List[subprocess.Popen] = []
@@ -107,33 +108,24 @@ class Children:
 
     def stop(self) -> None:
         """SIGTERM every child's group, wait, SIGKILL what is left, and wait until each group is empty."""
-        from .judging.server import group_members
-
         procs, self.procs = list(self.procs), []
         if not procs:
             return
         self.echo(f"stopping {', '.join(self.names.get(p.pid, str(p.pid)) for p in procs)} ...")
         for proc in procs:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.GRACE_S
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline and not self.hurry.is_set():
             time.sleep(0.05)
         for proc in procs:
             if proc.poll() is None or group_members(proc.pid):
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
         deadline = time.monotonic() + 5.0         # helpers a stage left in its group (none should)
         while any(group_members(p.pid) for p in procs) and time.monotonic() < deadline:
             for proc in procs:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
             time.sleep(0.05)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stage_argv(spec: StageSpec, exp: Any, exp_file: Path, round: int, *, nproc: int, progress: bool) -> List[str]:
@@ -149,10 +141,10 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
               progress: bool = True, nproc: Optional[int] = None,
               echo: Callable[[str], None] = lambda m: click.echo(m, err=True)) -> Dict[str, Any]:
     """Run `stages` for `rounds` rounds of the experiment given as data; returns the report summary."""
-    from .config import parse_experiment
-    from .entry import Stopped, open_checked_store
-    from .layout import RunLayout
-    from .storage import LocalStore
+    from ..config import parse_experiment
+    from ..entry import Stopped, open_checked_store
+    from ..layout import RunLayout
+    from ..storage import LocalStore
 
     exp = parse_experiment(exp_data)
     stages = [s for s in ALL_STAGES if s in stages]
@@ -191,7 +183,7 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
         phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
 
     try:
-        from .registry import MODEL_ADAPTERS
+        from ..registry import MODEL_ADAPTERS
 
         prepare = MODEL_ADAPTERS.hook(exp.model.adapter, "prepare")
         if prepare is not None:
@@ -204,11 +196,9 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
 
         judge_work = [(r, s) for r in layouts for s in stages if stage_spec(s).uses_judge(exp) and not complete(s, r)]
         if exp.judge.url is None and judge_work:
-            from .evaluation.evaluator import local_evaluator_models
-            from .judging.server import LocalTritonServer, models_for_judge_config
+            from .judge_server import LocalTritonServer, models_for_experiment
 
-            server = LocalTritonServer({**models_for_judge_config(exp.judge), **local_evaluator_models(exp)},
-                                       run_dir=workdir / "triton")
+            server = LocalTritonServer(models_for_experiment(exp), run_dir=workdir / "triton")
             with phase("judge server start"):
                 server.start()
             exp_data = json.loads(json.dumps(exp_data))
@@ -232,8 +222,8 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str
                 with phase(name):
                     children.run(stage_argv(spec, exp, exp_file, r, nproc=n, progress=progress), child_env,
                                  f"{name} (round {r})")
-        from .stages.common import StageContext
-        from .stages.report import headline
+        from ..stages.common import StageContext
+        from ..stages.report import headline
 
         out = headline(StageContext.create(parse_experiment(exp_data), rounds))
         out["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
@@ -270,8 +260,8 @@ def run_command(experiment, preset, rounds, stages, out, nproc, no_progress):
     `srum_jobs/exitcodes.py` and the README (0 done, 78 bad settings or input, 75 temporary, 74 disk
     full, 73 locked by another run, 130/143 stopped by Ctrl-C/SIGTERM: rerun to resume).
     """
-    from . import entry
-    from .config import parse_experiment
+    from .. import entry
+    from ..config import parse_experiment
 
     try:
         chosen = parse_stage_list(stages)
