@@ -29,7 +29,7 @@ LAZY_COMMANDS: Dict[str, Tuple[str, str]] = {
     "logs": ("srum_jobs.cluster.commands:logs_command", "Logs of a stage's pods."),
     "cancel": ("srum_jobs.cluster.commands:cancel_command", "Delete an experiment round's Jobs."),
     "orchestrate": ("srum_jobs.cluster.commands:orchestrate_command", "In-cluster driver: every stage in order."),
-    "plan": ("srum_jobs.plan:plan_command", "Capacity plan: wall time and GPU-hours of a real run."),
+    "plan": ("srum_jobs.capacity.commands:plan_command", "Capacity plan: wall time and GPU-hours of a real run."),
 }
 
 JUDGE_COMMANDS: Dict[str, Tuple[str, str]] = {

@@ -232,7 +232,7 @@ _CODES: Dict[str, Tuple[int, str]] = {
     "srum_jobs.prompts:PromptError": (exitcodes.CONFIG_ERROR, "prompts: "),
     "srum_jobs.records:RecordError": (exitcodes.CONFIG_ERROR, "damaged record: "),
     "srum_jobs.rewards:RewardMapError": (exitcodes.CONFIG_ERROR, "damaged reward map: "),
-    "srum_jobs.plan:PlanError": (exitcodes.CONFIG_ERROR, ""),
+    "srum_jobs.capacity.costs_file:PlanError": (exitcodes.CONFIG_ERROR, ""),
     "srum_jobs.judging.templates:TemplateError": (exitcodes.CONFIG_ERROR, "judge templates: "),
     "srum_jobs.judging.backends:BackendError": (exitcodes.CONFIG_ERROR, ""),
     "srum_jobs.storage.base:InvalidKey": (exitcodes.CONFIG_ERROR, "storage: refused: "),

@@ -11,8 +11,10 @@ from click.testing import CliRunner
 
 from srum_jobs.cli import main
 from srum_jobs.config import load_experiment, parse_experiment
-from srum_jobs.costs import measure_costs
-from srum_jobs.plan import MEASURED_KEYS, load_costs, make_plan
+from srum_jobs.capacity.measure import measure_costs
+from srum_jobs.capacity.assumptions import MEASURED_KEYS
+from srum_jobs.capacity.costs_file import load_costs
+from srum_jobs.capacity.plan import make_plan
 
 BAGEL = Path(__file__).parent.parent / "examples" / "bagel-s3.yaml"
 

@@ -266,7 +266,7 @@ def _classified():
     from srum_jobs.judging.backends import BackendError
     from srum_jobs.judging.client import JudgeClientError, JudgeRequestError
     from srum_jobs.judging.templates import TemplateError
-    from srum_jobs.plan import PlanError
+    from srum_jobs.capacity.costs_file import PlanError
     from srum_jobs.prompts import PromptError
     from srum_jobs.records import RecordError
     from srum_jobs.rewards import RewardMapError

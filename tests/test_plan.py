@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from srum_jobs import exitcodes
 from srum_jobs.cli import main
 from srum_jobs.config import load_experiment, parse_experiment
-from srum_jobs.plan import HARDWARE, MODEL_PROFILES, PlanError, load_costs, make_plan, validate_costs
+from srum_jobs.capacity.assumptions import HARDWARE, MODEL_PROFILES
+from srum_jobs.capacity.costs_file import PlanError, load_costs, validate_costs
+from srum_jobs.capacity.plan import make_plan
 
 BAGEL = Path(__file__).parent.parent / "examples" / "bagel-s3.yaml"
 _EXP = load_experiment(BAGEL)
@@ -173,7 +175,7 @@ def test_bad_costs_file_is_named_with_the_key(tmp_path, body, name, where):
 _scalars = st.none() | st.booleans() | st.integers(-(10 ** 400), 10 ** 400) | st.floats() | st.text(max_size=6)
 _sections = st.sampled_from(["hardware", "model", "workload", "overheads", "measured", "other"])
 _keys = st.sampled_from(sorted({k for sec in ("hardware", "model", "workload", "overheads") for k in
-                                 __import__("srum_jobs.plan", fromlist=["x"]).COSTS_FILE_SECTIONS[sec]}
+                                 __import__("srum_jobs.capacity.assumptions", fromlist=["x"]).COSTS_FILE_SECTIONS[sec]}
                                 | {"generate_s_per_image", "nope"}))
 
 
@@ -220,7 +222,7 @@ def test_cli_text_and_json(tmp_path):
 
 
 def test_module_imports_only_click():
-    code = ("import sys; import srum_jobs.plan; heavy = {'yaml', 'pydantic', 'numpy', 'torch', 'srum_jobs.config'};"
+    code = ("import sys; import srum_jobs.capacity.commands; heavy = {'yaml', 'pydantic', 'numpy', 'torch', 'srum_jobs.config'};"
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
