@@ -11,7 +11,6 @@ Formats:
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -82,7 +81,7 @@ def parse_prompts(text: str, fmt: str = "auto", source: str = "<prompts>") -> Li
     if fmt == "auto":
         fmt = sniff_benchmark_format(source, text) or detect_format(source, text)
     prompts: List[Prompt] = []
-    if fmt in BENCHMARK_FORMATS:
+    if fmt in formats()[len(BASIC_FORMATS):]:
         prompts = _benchmark_prompts(fmt, source, text=text)
     elif fmt == "compbench":
         for where, row in json_rows(text, source, lines=False, what="T2I-CompBench file"):
@@ -107,7 +106,7 @@ def parse_prompts(text: str, fmt: str = "auto", source: str = "<prompts>") -> Li
                 continue
             prompts.append(_make(source, f"line {lineno}", len(prompts), lineno, line, "uncategorised"))
     else:
-        raise PromptError(f"{source}: unknown prompt format {fmt!r} ({', '.join(FORMATS)})")
+        raise PromptError(f"{source}: unknown prompt format {fmt!r} ({', '.join(formats())})")
     seen: Dict[str, int] = {}
     for p in prompts:
         if p.id in seen:
@@ -154,7 +153,7 @@ def load_prompts(uri: str, fmt: str = "auto", *, storage: Any = None, limit: Opt
             prompts = PROMPT_SOURCES.load(scheme)(uri[len(scheme) + 3:])
         except ValueError as e:
             raise PromptError(f"{uri}: {e}") from None
-    elif (uri_format := fmt if fmt in URI_FORMATS else sniff_uri_format(uri) if fmt == "auto" else None):
+    elif (uri_format := fmt if fmt in uri_formats() else sniff_uri_format(uri) if fmt == "auto" else None):
         prompts = _benchmark_prompts(uri_format, uri, uri=uri, storage=storage)
     else:
         text, name = read_source(uri, storage)
@@ -204,68 +203,62 @@ def category_counts(prompts: Sequence[Prompt]) -> Dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------ benchmark formats
-# Published benchmark files keep the metadata their evaluation protocol needs (Prompt.meta). Each format
-# is parsed by its benchmark module (srum_jobs/evaluation/<name>.py): `parse_prompts(text, source)` for a
-# single file, `load(uri, storage)` for a format spread over several files.
+# Published benchmark files keep the metadata their evaluation protocol needs (Prompt.meta). Their formats
+# are registered (registry.PROMPT_FORMATS, by evaluation/plugin.py); each is parsed by its benchmark module:
+# `parse_prompts(text, source)` for a single file, `load(uri, storage)` for a format spread over several.
+BASIC_FORMATS: Tuple[str, ...] = ("auto", "compbench", "jsonl", "text")
 
-BENCHMARK_FORMATS: Dict[str, str] = {
-    "geneval": "srum_jobs.evaluation.geneval:parse_prompts",      # evaluation_metadata.jsonl
-    "wise": "srum_jobs.evaluation.wise:parse_prompts",            # WISE's JSON lists (legacy and verified)
-    "reasonbench": "srum_jobs.evaluation.reasonbench:load",       # prompts/*.json joined with evaluation_qs/
-}
-URI_FORMATS = ("reasonbench",)
-FORMATS: Tuple[str, ...] = ("auto", "compbench", "jsonl", "text", *BENCHMARK_FORMATS)
+
+def formats() -> Tuple[str, ...]:
+    from .registry import PROMPT_FORMATS
+
+    return (*BASIC_FORMATS, *PROMPT_FORMATS)
+
+
+def uri_formats() -> Tuple[str, ...]:
+    from .registry import PROMPT_FORMATS
+
+    return tuple(f for f in PROMPT_FORMATS if PROMPT_FORMATS.trait(f, "reads_uri"))
 
 
 def sniff_benchmark_format(name: str, text: str) -> Optional[str]:
-    """A published benchmark file recognised by its content: GenEval metadata lines, WISE lists."""
-    head = text.lstrip()[:4000]
-    if head.startswith("{"):
-        first = head.split("\n", 1)[0]
-        try:
-            row = json.loads(first)
-        except ValueError:
-            return None
-        return "geneval" if isinstance(row, dict) and {"tag", "include"} <= set(row) else None
-    if head.startswith("["):
-        m = re.match(r"\[\s*(\{.*?\})\s*[,\]]", head, re.S)
-        if m:
-            try:
-                row = json.loads(m.group(1))
-            except ValueError:
-                return None
-            if isinstance(row, dict) and {"Prompt", "Explanation", "prompt_id"} <= set(row):
-                return "wise"
-    return None
+    """A published benchmark file recognised by its content (GenEval metadata lines, WISE lists...)."""
+    return _sniff("sniff_text", name, text)
 
 
 def sniff_uri_format(uri: str) -> Optional[str]:
-    """A T2I-ReasonBench folder (prompts/ beside evaluation_qs/) or one of its prompt files."""
-    from .evaluation.reasonbench import dimension_of
+    """A published benchmark spread over several files, recognised by its location (T2I-ReasonBench)."""
+    return _sniff("sniff_uri", uri)
 
-    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-    if not uri.startswith("s3://") and path.is_dir() and (path / "prompts").is_dir() and (path / "evaluation_qs").is_dir():
-        return "reasonbench"
-    if dimension_of(uri) is not None and "/prompts/" in uri.replace("\\", "/"):
-        return "reasonbench"
+
+def _sniff(hook: str, *args: Any) -> Optional[str]:
+    from .registry import PROMPT_FORMATS
+
+    for fmt in PROMPT_FORMATS:
+        sniff = PROMPT_FORMATS.hook(fmt, hook)
+        if sniff is not None and sniff(*args):
+            return fmt
     return None
 
 
 def benchmark_hint(row: Dict[str, Any]) -> str:
     """For a JSONL line with a benchmark's own fields: which format reads it."""
-    if {"tag", "include"} <= set(row):
-        return " (this is GenEval metadata: import it with --format geneval)"
+    from .registry import PROMPT_FORMATS
+
+    for fmt in PROMPT_FORMATS:
+        hint = PROMPT_FORMATS.hook(fmt, "hint")
+        if hint is not None and hint(row):
+            return hint(row)
     return ""
 
 
 def _benchmark_prompts(fmt: str, source: str, *, text: Optional[str] = None, uri: Optional[str] = None,
                        storage: Any = None) -> List[Prompt]:
-    import importlib
+    from .registry import PROMPT_FORMATS
 
-    module, func = BENCHMARK_FORMATS[fmt].split(":")
     try:
-        fn = getattr(importlib.import_module(module), func)
-        prompts = fn(uri, storage) if fmt in URI_FORMATS else fn(text, source)
+        fn = PROMPT_FORMATS.load(fmt)
+        prompts = fn(uri, storage) if PROMPT_FORMATS.trait(fmt, "reads_uri") else fn(text, source)
     except PromptError:
         raise
     except ValidationError as err:

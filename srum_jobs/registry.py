@@ -4,6 +4,9 @@
     JUDGE_BACKENDS   judge.backend, eval.evaluator_backend, a Triton model's `backend` -> JudgeBackend class
     BOXER_BACKENDS   judge.boxer_backend     -> BoxerBackend class
     PROMPT_SOURCES   the scheme of prompts.source / eval_source (`toy://eval`) -> loader(name) -> [Prompt]
+    PROMPT_FORMATS   a published benchmark's prompt-file format (prompts.format, `srum prompts import
+                     --format`) -> parse_prompts(text, source), or load(uri, storage) when it `reads_uri`
+    BENCHMARKS       eval.benchmarks[].name  -> Benchmark class (evaluation/protocol.py)
 
 The core reads these tables and never names a model: what differs between models is an entry's *hooks*
 (functions, also "module:attribute", imported only when called) and *traits* (plain values). Each
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 # The modules that register the built-in entries (the real-model adapters, the toy world).
-BUILTIN_PLUGINS: Tuple[str, ...] = ("srum_jobs.models.plugins", "srum_jobs.models.toy_plugin")
+BUILTIN_PLUGINS: Tuple[str, ...] = ("srum_jobs.evaluation.plugin", "srum_jobs.models.plugins",
+                                    "srum_jobs.models.toy_plugin")
 
 
 class RegistryError(ValueError):
@@ -131,6 +135,13 @@ JUDGE_BACKENDS = Registry(
             "request_errors": ()})       # "module:Class" exceptions meaning "this request is malformed"
 BOXER_BACKENDS = Registry("boxer backend")
 PROMPT_SOURCES = Registry("prompt source")   # scheme -> loader(name) -> List[Prompt]; ValueError for a bad name
+PROMPT_FORMATS = Registry(
+    "prompt format",
+    hooks=("sniff_text",         # sniff_text(name, text) -> bool: a file of this format (format `auto`)
+           "sniff_uri",          # sniff_uri(uri) -> bool: a location of this format (formats that read a URI)
+           "hint"),              # hint(row) -> str: for a JSONL row with this format's fields, what reads it
+    traits={"reads_uri": False})  # the parser takes (uri, storage): the format spans several files
+BENCHMARKS = Registry("benchmark")
 
 _loaded = False
 _lock = threading.RLock()

@@ -1,5 +1,6 @@
 """The toy world's plugin: registers its model adapter, its judge and rule-based evaluator backends, its
-connected-components boxer and its `toy://` prompt sets (see registry.py), with the hooks below.
+connected-components boxer, its `toy://` prompt sets and its benchmark (see registry.py), with the hooks
+below.
 
 It lives beside the toy package (models/toy/) and moves into it when the toy world becomes its own
 package; only the "module:attribute" strings change then. The hooks import the toy world when called.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping
 
-from ..registry import BOXER_BACKENDS, JUDGE_BACKENDS, MODEL_ADAPTERS, PROMPT_SOURCES
+from ..registry import BENCHMARKS, BOXER_BACKENDS, JUDGE_BACKENDS, MODEL_ADAPTERS, PROMPT_SOURCES
 
 MODEL_ADAPTERS.register("toy", "srum_jobs.models.toy.model:load_toy_model",
                         hooks={"prepare": "srum_jobs.models.toy_plugin:prepare_base",
@@ -23,6 +24,8 @@ JUDGE_BACKENDS.register("toy", "srum_jobs.models.toy.judge:ToyJudgeBackend",
 JUDGE_BACKENDS.register("toy_rules", "srum_jobs.models.toy.rules_evaluator:ToyRulesEvaluator")
 BOXER_BACKENDS.register("components", "srum_jobs.models.toy.components:ComponentsBoxer")
 PROMPT_SOURCES.register("toy", "srum_jobs.models.toy.world:toy_prompts")
+# the toy world's benchmark (its rules, scored by toy_rules through srum_evaluator)
+BENCHMARKS.register("toy", "srum_jobs.evaluation.toy:ToyBenchmark")
 
 
 def prepare_base(model: Any) -> None:
