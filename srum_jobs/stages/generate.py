@@ -39,6 +39,20 @@ async def _generate_and_judge(ctx: StageContext, shard: int, todo: List[Item], m
     timing = {"generate_s": 0.0, "judge_wait_s": 0.0}
     stop = threading.Event()
 
+    def hand_over(item: Any) -> bool:
+        """Give the event loop a batch (or the end, or an error); False when the stage is stopping
+        (Ctrl-C, SIGTERM) and its loop is gone: nobody waits for it then, and that is not an error."""
+        if stop.is_set() or loop.is_closed():
+            return False
+        put = ready.put(item)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(put, loop)
+        except RuntimeError:          # the loop closed between the check and the call
+            put.close()
+            return False
+        fut.result()
+        return True
+
     def producer() -> None:
         try:
             for batch in _chunks(todo, g.batch_size):
@@ -49,12 +63,12 @@ async def _generate_and_judge(ctx: StageContext, shard: int, todo: List[Item], m
                 images = model.generate([p.text for p, _ in batch], seeds, think=g.think and model.supports_think,
                                         steps=g.steps, guidance=g.guidance, resolution=g.resolution)
                 timing["generate_s"] += time.perf_counter() - t0
-                fut = asyncio.run_coroutine_threadsafe(ready.put((batch, seeds, images)), loop)
-                fut.result()
+                if not hand_over((batch, seeds, images)):
+                    return
         except BaseException as e:  # surface generator errors in the event loop instead of hanging it
-            asyncio.run_coroutine_threadsafe(ready.put(e), loop).result()
+            hand_over(e)
             return
-        asyncio.run_coroutine_threadsafe(ready.put(None), loop).result()
+        hand_over(None)
 
     thread = threading.Thread(target=producer, name="srum-generate", daemon=True)
     thread.start()
