@@ -179,6 +179,15 @@ _THINK_OPEN = re.compile(r"<\s*think(?:ing)?\s*>", re.I)
 _THINK_CLOSE = re.compile(r"<\s*/\s*think(?:ing)?\s*>", re.I)
 
 
+def check_generate_request(what: str, prompts: Sequence[str], seeds: Sequence[int], steps: int) -> bool:
+    """The checks of every adapter's `generate` arguments; False when there is nothing to generate."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{what}: {len(prompts)} prompts but {len(seeds)} seeds")
+    if steps < 1:
+        raise ValueError(f"{what}: steps must be >= 1, got {steps}")
+    return bool(prompts)
+
+
 def split_think(text: str) -> Tuple[str, str]:
     """(answer, think text) of a model output.
 

@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .base import FlowOutput, GeneratedImage
-from .common import ParamError, Params, local_weights, resolve_device, resolve_dtype
+from .common import ParamError, Params, check_generate_request, local_weights, resolve_device, resolve_dtype
 
 WHAT = "diffusers model adapter"
 
@@ -158,11 +158,7 @@ class DiffusersFlowModel:
                  guidance: float = 2.0, resolution: Optional[int] = None) -> List[GeneratedImage]:
         if think:
             raise ValueError(f"{WHAT}: this model has no think mode (supports_think is False)")
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{WHAT}: {len(prompts)} prompts but {len(seeds)} seeds")
-        if steps < 1:
-            raise ValueError(f"{WHAT}: steps must be >= 1, got {steps}")
-        if not prompts:
+        if not check_generate_request(WHAT, prompts, seeds, steps):
             return []
         res = self._check_resolution(int(resolution or self.default_resolution))
         lh = lw = res // self.vae_scale

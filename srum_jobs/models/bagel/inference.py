@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from ..base import GeneratedImage
-from ..common import ParamError, split_think
+from ..common import ParamError, check_generate_request, split_think
 from .attention import _NavitOutput, _navit_output_broken, _patched
 from .nemo import THINK_GEN_SYSTEM_PROMPT, THINK_SYSTEM_PROMPT, WHAT
 
@@ -180,11 +180,7 @@ class Inference:
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, think: bool = False, steps: int = 20,
                  guidance: float = 2.0, resolution: Optional[int] = None) -> List[GeneratedImage]:
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{WHAT}: {len(prompts)} prompts but {len(seeds)} seeds")
-        if steps < 1:
-            raise ValueError(f"{WHAT}: steps must be >= 1, got {steps}")
-        if not prompts:
+        if not check_generate_request(WHAT, prompts, seeds, steps):
             return []
         res = int(resolution or self.default_resolution)
         gh, gw = self._grid(res, res)
