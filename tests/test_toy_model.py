@@ -21,7 +21,8 @@ def toy():
 
 def test_toy_model_implements_the_protocol(toy):
     assert isinstance(toy, UnifiedModel)
-    assert toy.name == "toy" and toy.supports_think is False
+    assert toy.name == "toy" and toy.supports_think is True
+    assert toy.default_timestep_shift == 1.0 and toy.default_prompt_dropout == 0.1   # its pretraining's
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['presett'\]"):
         load_model("toy", {"presett": "test"})
     with pytest.raises(ValueError, match="preset 'huge' is not one of"):
@@ -96,7 +97,8 @@ def test_understanding_answers_in_the_judge_format(toy):
 # --------------------------------------------------------------------------------------- pretraining
 TINY = {"seed": 3, "perception": {"width": 4, "steps": 3, "batch": 4, "lr": 1e-3},
         "generator": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "steps": 3, "batch": 4,
-                      "lr": 1e-3, "warmup": 1, "ema": 0.5, "p_uncond": 0.1}}
+                      "lr": 1e-3, "warmup": 1, "ema": 0.5, "p_uncond": 0.1, "plan_channels": 8,
+                      "p_plan_drop": 0.5}}
 
 
 @pytest.fixture
@@ -179,6 +181,7 @@ def test_shipped_demo_checkpoint_rebuilds_from_its_seed():
     rebuilt = pt.ensure_base("demo", rebuild=True)
     got = measure_base(rebuilt)
     assert abs(got["accuracy"] - meta["benchmark"]["accuracy"]) <= 0.05, (got, meta["benchmark"])
+    assert abs(got["think"]["overall"] - meta["benchmark"]["think"]["overall"]) <= 0.05, (got, meta["benchmark"])
 
 
 def test_unknown_generator_schedule_is_named(tiny_preset, monkeypatch):
