@@ -159,6 +159,23 @@ def test_summary_pairs_prompts_across_seeds():
     assert set(out["m"]["per_category_ci"]) == CATS
 
 
+def test_round_settings_from_the_command_line():
+    from srum_jobs.bench_cli import bench_group
+
+    cfg = B.round_config("demo", {"lr": "3e-4", "train_prompts": "100", "ema": "0.99", "min_global": "none",
+                                  "think": "false", "weighting": "paper"})
+    assert (cfg.lr, cfg.train_prompts, cfg.ema, cfg.min_global, cfg.think) == (3e-4, 100, 0.99, None, False)
+    for bad, msg in (({"lr": "fast"}, "lr='fast' is not a float"), ({"speed": "1"}, "unknown round setting 'speed'"),
+                     ({"think": "maybe"}, "not true or false")):
+        with pytest.raises(ValueError, match=msg):
+            B.round_config("demo", bad)
+    for args, msg in ((["--set", "lr"], "'lr' is not KEY=VALUE"), (["--set", "epochs=x"], "epochs='x'"),
+                      (["--methods", "sft,magic"], "unknown bench method 'magic'"),
+                      (["--set", "weighting=fancy"], "weighting")):
+        res = CliRunner().invoke(bench_group, ["toy", "--preset", "test", *args])
+        assert res.exit_code != 0 and msg in res.output, res.output
+
+
 def test_balanced_prompt_selection():
     picked = B._balanced(w.toy_prompts("train"), n_total=12)
     cats = [p.category for p in picked]

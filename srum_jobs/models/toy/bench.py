@@ -28,6 +28,7 @@ import copy
 import hashlib
 import json
 import math
+import sys
 import time
 import typing
 from collections import defaultdict
@@ -495,6 +496,53 @@ def summarise(evals: Dict[str, List[Evaluation]], *, n_boot: int = 10000) -> Dic
     return out
 
 
+def _seed_worker(args) -> Tuple[Dict[str, Any], Dict[str, float]]:
+    """One process's share of the seeds (spawned by _run_parallel): (run_methods result, phase times)."""
+    preset, cfg, eval_split, methods, seeds, cache_dir = args
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    bench = Bench(preset, cfg, eval_split=eval_split, cache_dir=cache_dir,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    bench.phases["load"] = time.perf_counter() - t0
+    return run_methods(bench, methods, seeds), dict(bench.phases)
+
+
+def _run_parallel(preset: str, cfg: RoundConfig, eval_split: str, methods: Sequence[str], seeds: int, workers: int,
+                  cache_dir: Optional[Path], log: Optional[Log]):
+    """run_methods over `seeds` seeds in `workers` processes; merged in seed order (phases summed)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    groups = [list(range(seeds))[i::workers] for i in range(min(workers, seeds))]
+    (log or (lambda m: None))(f"running seeds {groups} in {len(groups)} processes")
+    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+        outs = list(pool.map(_seed_worker, [(preset, cfg, eval_split, list(methods), g, cache_dir) for g in groups]))
+    by_seed: Dict[int, Tuple[int, int]] = {s: (gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g)}
+    merged: Dict[str, Any] = {"evals": defaultdict(list), "agreement": [], "kept": defaultdict(list),
+                              "candidates": [], "train": defaultdict(list), "aliases": outs[0][0]["aliases"]}
+    n_agree = len(outs[0][0]["agreement"]) // max(1, len(groups[0]))
+    for s in range(seeds):
+        gi, j = by_seed[s]
+        res = outs[gi][0]
+        for m, runs in res["evals"].items():
+            merged["evals"][m].append(runs[j])
+        merged["agreement"] += res["agreement"][j * n_agree:(j + 1) * n_agree]
+        for m, ks in res["kept"].items():
+            merged["kept"][m].append(ks[j])
+        for m, infos in res["train"].items():
+            merged["train"][m].append(infos[j])
+        if res["candidates"]:
+            merged["candidates"].append(res["candidates"][j])
+    phases: Dict[str, float] = defaultdict(float)
+    for _, ph in outs:
+        for k, v in ph.items():
+            phases[k] += v
+    merged = {k: dict(v) if isinstance(v, defaultdict) else v for k, v in merged.items()}
+    return merged, phases
+
+
 def round_config(preset: str, overrides: Optional[Dict[str, str]] = None) -> RoundConfig:
     """A preset's round with fields overridden from text (`--set lr=3e-4`), each parsed as its field's type."""
     if preset not in ROUNDS:
@@ -527,11 +575,14 @@ def round_config(preset: str, overrides: Optional[Dict[str, str]] = None) -> Rou
 def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, log: Optional[Log] = None,
               round_cfg: Optional[RoundConfig] = None, eval_split: str = "eval", lambda_sweep: Sequence[float] = (),
               extra: bool = False, methods: Optional[Sequence[str]] = None, details: Optional[Dict[str, Any]] = None,
-              cache_dir: Optional[Path] = None) -> Dict[str, Any]:
+              cache_dir: Optional[Path] = None, workers: int = 1) -> Dict[str, Any]:
     """The bench result, shaped exactly as `srum bench toy --json` writes it. `methods` replaces the
     default list (base and base_think always run); `details` (if given) receives the phase times, record
     counts, per-seed results and the round's settings. `cache_dir` keeps each seed's judged candidates,
-    so settings that do not change them (training, reward) reuse them."""
+    so settings that do not change them (training, reward) reuse them. `workers` > 1 runs the seeds in
+    that many processes of one torch thread each (on a busy machine two single-threaded processes get
+    far more done than one with two threads, whose threads wait for each other); results are identical
+    up to float summation order."""
     from .diagnostics import reference_diagnostics
 
     if preset not in ROUNDS:
@@ -548,23 +599,29 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
                 method_configs(m, cfg)          # an unknown name fails here, before any work
         methods = ["base"] + [m for m in methods if m != "base"]
     t0 = time.perf_counter()
-    bench = Bench(preset, cfg, eval_split=eval_split, log=log, cache_dir=cache_dir)
-    bench.phases["load"] = time.perf_counter() - t0
-    res = run_methods(bench, methods, list(range(seeds)))
+    if workers > 1 and seeds > 1:
+        res, phases = _run_parallel(preset, cfg, eval_split, methods, seeds, workers, cache_dir, log)
+        eval_prompts = _balanced(world.toy_prompts(eval_split), per_category=cfg.eval_per_category)
+        n_train = len(_balanced(world.toy_prompts("train"), n_total=cfg.train_prompts))
+    else:
+        bench = Bench(preset, cfg, eval_split=eval_split, log=log, cache_dir=cache_dir)
+        bench.phases["load"] = time.perf_counter() - t0
+        res = run_methods(bench, methods, list(range(seeds)))
+        phases, eval_prompts, n_train = bench.phases, bench.eval_prompts, len(bench.train_prompts)
     summary = summarise(res["evals"])
     order = [m for m in methods[:1] + ["base_think"] + methods[1:]] + [f"{m}_think" for m in THINK_METHODS]
     result = {"preset": preset, "seeds": int(seeds), "split": eval_split,
               "judge_agreement": float(np.mean(res["agreement"])) if res["agreement"] else float("nan"),
               "methods": {m: summary[m] for m in order if m in summary}}
     if cfg.diagnostics:
-        result["reference_diagnostics"] = reference_diagnostics([p.text for p in bench.eval_prompts])
+        result["reference_diagnostics"] = reference_diagnostics([p.text for p in eval_prompts])
     if res["aliases"]:
         result["aliases"] = res["aliases"]
     if details is not None:
-        details.update({"phases_s": {k: round(v, 1) for k, v in bench.phases.items()}, "kept": res["kept"],
+        details.update({"phases_s": {k: round(v, 1) for k, v in phases.items()}, "kept": res["kept"],
                         "candidates_accuracy_and_agreement": res["candidates"], "train": res["train"],
-                        "round": asdict(cfg), "eval_items": len(bench.eval_prompts) * cfg.eval_samples,
-                        "train_prompts": len(bench.train_prompts),
+                        "round": asdict(cfg), "eval_items": len(eval_prompts) * cfg.eval_samples,
+                        "train_prompts": n_train, "workers": workers,
                         "per_seed": {m: [e.scores() for e in runs] for m, runs in res["evals"].items()},
                         "total_s": round(time.perf_counter() - t0, 1)})
     return result

@@ -74,9 +74,11 @@ def _lambdas(ctx, param, value):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="write the result JSON here")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True, help="torch CPU threads")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="run the seeds in this many processes of one torch thread each")
 def bench_toy_command(preset: str, ablations: bool, lambda_c: tuple, anchor_row: bool, seeds: int, split: str,
                       methods: str | None, overrides: tuple, cache_dir: str | None, json_path: str | None,
-                      threads: int) -> None:
+                      threads: int, workers: int) -> None:
     """Base vs SFT vs SRUM (the paper's loss and the debiased one), the paper's baselines and ablations, on
     held-out toy prompts, in plain and think mode, over several seeds, with paired 95% intervals."""
     import json
@@ -94,19 +96,18 @@ def bench_toy_command(preset: str, ablations: bool, lambda_c: tuple, anchor_row:
     try:
         cfg = round_config(preset, pairs)
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-        if chosen is not None:
-            from .bench import method_configs
+        from .bench import method_configs
 
-            for m in chosen:
-                if m != "base":
-                    method_configs(m, cfg)
+        for m in (chosen or ["srum", "srum_debiased"]):
+            if m != "base":
+                method_configs(m, cfg)         # an unknown method or a bad reward setting fails before any work
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     torch.set_num_threads(threads)
     details: dict = {}
     result = run_bench(preset, ablations=ablations, seeds=seeds, log=lambda m: click.echo(m, err=True),
                        details=details, eval_split=split, lambda_sweep=lambda_c, extra=anchor_row, round_cfg=cfg,
-                       methods=chosen, cache_dir=cache_dir)
+                       methods=chosen, cache_dir=cache_dir, workers=workers)
     click.echo(format_table(result))
     click.echo(f"phases (s): {details['phases_s']}, total {details['total_s']} s; {details['train_prompts']} training "
                f"prompts; records kept for training per method and seed: {details['kept']}; candidates (benchmark "
