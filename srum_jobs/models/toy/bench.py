@@ -65,6 +65,8 @@ class RoundConfig:
     epochs: float = 1.5                   # passes over the candidates; every method takes the same steps
     batch: int = 32
     lr: float = 1e-4
+    adam_eps: float = 1e-15               # the paper's AdamW epsilon (training.eps)
+    beta2: float = 0.95                   # the paper's AdamW beta2 (training.betas[1])
     warmup: int = 10
     ema: Optional[float] = None           # EMA decay of the fine-tuned weights (evaluated with EMA when set)
     timestep_shift: Optional[float] = None    # None: the model's own (the toy's 1.0)
@@ -101,6 +103,8 @@ def method_configs(method: str, cfg: RoundConfig):
     """(RewardConfig, TrainingConfig overrides) of a method.
 
       sft               uniform weights on every candidate (no judge filter): plain flow matching
+      gt                not a method: sft's training on ground-truth renders of the same prompts (with
+                        the plans they follow), what perfect candidates would give
       sft_filtered      the same on the candidates the judge scored above 0 (rejection sampling)
       sample_reward     the paper's loss with the global score as one weight per image (paper Fig. 4)
       srum_paper        the paper's loss: reference map, global factor, lambda_c reference on the sample
@@ -123,6 +127,8 @@ def method_configs(method: str, cfg: RoundConfig):
     train: Dict[str, Any] = {}
     if method == "sft":
         r = sft
+    elif method == "gt":
+        r = sft                    # a reference row: the same training on ground-truth renders (Bench.ground_truth)
     elif method == "sft_filtered":
         r = dict(sft, min_global_score=0.0)
     elif method == "sample_reward":
@@ -236,7 +242,8 @@ class Bench:
 
         c = self.cfg
         _, overrides = method_configs(method, c)
-        return TrainingConfig(**{**dict(lr=c.lr, warmup_steps=c.warmup, steps=steps, batch_size=c.batch,
+        return TrainingConfig(**{**dict(lr=c.lr, eps=c.adam_eps, betas=[0.9, c.beta2], warmup_steps=c.warmup,
+                                        steps=steps, batch_size=c.batch,
                                         timestep_shift=c.timestep_shift, ema=c.ema, seed=seed,
                                         prompt_dropout=c.prompt_dropout, plan_dropout=c.plan_dropout),
                                  **overrides})
@@ -325,6 +332,25 @@ class Bench:
             (cache / "records.jsonl").write_text(dump_records(records))
         return images, records
 
+    def ground_truth(self, seed: int):
+        """Ground-truth renders in place of the candidates (one per candidate slot), as records with a
+        perfect global score and the plan each render follows: the `gt` reference row's data."""
+        from ...records import GlobalJudgment, RewardRecord
+        from .plan import plan_from_placements
+
+        images, records = [], []
+        for p in self.train_prompts:
+            for k in range(self.cfg.candidates):
+                img, _, placed = world.render(world.parse_prompt(p.text),
+                                              np.random.default_rng(_seed_of("gt", seed, p.index, k)))
+                images.append(img)
+                records.append(RewardRecord(
+                    prompt_id=p.id, prompt=p.text, category=p.category, candidate_index=k, seed=0,
+                    image_key=f"gt/{seed}/{p.index}-{k}.png", image_sha256="0" * 64, width=32, height=32,
+                    global_judgment=GlobalJudgment(score=1.0, parsed=True),
+                    think_text=plan_from_placements(placed).text() if self.cfg.think else None))
+        return np.stack(images), records
+
     def finetune(self, method: str, seed: int, images: np.ndarray, records: Sequence[Any]) -> Dict[str, Any]:
         """Fine-tune the base generator with `method` on the records its training filter keeps; leaves the
         result loaded. Every method takes the same number of steps (the round's epochs over all candidates)."""
@@ -390,7 +416,8 @@ def candidate_agreement(images: Sequence[Any], records: Sequence[Any]) -> Tuple[
 def _config_key(method: str, cfg: RoundConfig) -> str:
     """Methods with equal reward and training settings train the same weights: run them once."""
     rc, train = method_configs(method, cfg)
-    return json.dumps({"reward": rc.model_dump(), "train": train}, sort_keys=True)
+    return json.dumps({"reward": rc.model_dump(), "train": train, "data": "gt" if method == "gt" else "candidates"},
+                      sort_keys=True)
 
 
 def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int],
@@ -429,7 +456,7 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int],
         for m in trained:
             if m in aliases:
                 continue
-            out = bench.finetune(m, seed, images, records)
+            out = bench.finetune(m, seed, *(bench.ground_truth(seed) if m == "gt" else (images, records)))
             info[m].append(out)
             kept[m].append(out["records"])
             evals[m].append(bench.evaluate(seed))

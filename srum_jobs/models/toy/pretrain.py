@@ -54,9 +54,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "demo": {
         "seed": 0,
         "perception": {"width": 24, "steps": 800, "batch": 64, "lr": 2e-3},
+        # Pretraining captions rarely state spatial relations or counts (5% each, as web captions rarely
+        # do); the self-rewarding round's prompts are compositional, T2I-CompBench-like (the train split).
         "generator": {"channels": [32, 64, 128], "text_dim": 128, "text_layers": 2, "steps": 2100, "batch": 64,
                       "lr": 1e-3, "warmup": 100, "schedule": "cosine", "ema": 0.995, "p_uncond": 0.1,
-                      "plan_channels": 8, "p_plan_drop": 0.5},
+                      "plan_channels": 8, "p_plan_drop": 0.5,
+                      "category_weights": {"color": 0.3, "shape": 0.3, "non-spatial": 0.3, "spatial": 0.05,
+                                           "numeracy": 0.05}},
     },
 }
 
@@ -228,16 +232,28 @@ def perception_batch(rng: np.random.Generator, batch: int):
     return x.clamp(-1.0, 1.0), y
 
 
-def generator_batch(rng: np.random.Generator, batch: int, split: Optional[str] = "pretrain"):
+def generator_batch(rng: np.random.Generator, batch: int, split: Optional[str] = "pretrain",
+                    category_weights: Optional[Dict[str, float]] = None):
     """Ground-truth renders of random prompts whose compositions belong to `split`: (images, prompts,
-    think texts: the plan each render follows)."""
+    think texts: the plan each render follows). `category_weights` (category -> share) draws the prompt
+    categories in those proportions (uniform without)."""
     import torch
 
     from .plan import plan_from_placements
 
+    probs = None
+    if category_weights is not None:
+        unknown = sorted(set(category_weights) - set(world.CATEGORIES))
+        if unknown:
+            raise PretrainError(f"category_weights: unknown categories {unknown}; categories are {world.CATEGORIES}")
+        w = np.array([float(category_weights.get(c, 0.0)) for c in world.CATEGORIES])
+        if (w < 0).any() or w.sum() <= 0:
+            raise PretrainError(f"category_weights {category_weights} must be >= 0 and not all 0")
+        probs = w / w.sum()
     imgs, prompts, plans = [], [], []
     for _ in range(batch):
-        p = world.random_prompt(rng, split=split)
+        category = None if probs is None else world.CATEGORIES[int(rng.choice(len(probs), p=probs))]
+        p = world.random_prompt(rng, category=category, split=split)
         img, _, placed = world.render(p.spec, rng)
         imgs.append(img)
         prompts.append(p.text)
@@ -321,7 +337,7 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     t0 = time.perf_counter()
     think = bool(cfg.get("plan_channels", 0))
     for step in range(steps):
-        x0, prompts, plans = generator_batch(rng, int(cfg["batch"]))
+        x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), category_weights=cfg.get("category_weights"))
         drop = rng.random(len(prompts)) < cfg["p_uncond"]             # CFG: learn the null prompt (and no plan)
         keep_plan = think & ~drop & (rng.random(len(prompts)) >= float(cfg.get("p_plan_drop", 1.0)))
         prompts = ["" if d else p for p, d in zip(prompts, drop)]
