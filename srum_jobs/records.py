@@ -34,6 +34,10 @@ class Prompt(_Record):
     text: str = Field(..., min_length=1, max_length=4000)
     category: str = "uncategorised"
     index: int = Field(..., ge=0, description="position in the normalised prompt list: the sharding key")
+    meta: Dict[str, Any] = Field(default_factory=dict,
+                                 description="what a benchmark's protocol needs beyond the text (GenEval's "
+                                             "include/exclude clauses, WISE's explanation, T2I-ReasonBench's "
+                                             "questions)")
 
     @field_validator("text")
     @classmethod
@@ -41,6 +45,12 @@ class Prompt(_Record):
         if not v.strip():
             raise ValueError("prompt text is blank")
         return v
+
+    def to_json_line(self) -> str:
+        # an empty `meta` is left out, so prompt lists without benchmark metadata keep their exact bytes
+        body = {"kind": self.KIND, "v": RECORD_VERSION,
+                **self.model_dump(mode="json", exclude=set() if self.meta else {"meta"})}
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class Box(_Record):

@@ -156,6 +156,36 @@ def test_generate_with_think_returns_the_plan(model):
     assert np.array_equal(np.asarray(alone[0].image), np.asarray(out[1].image))
 
 
+def test_predicted_x0_reads_the_generate_loop(model):
+    """The per-step analysis hook (evaluation/analyses.py): the last step is the generated image, an
+    earlier one the decoded x0 = x_t - t v of the same loop."""
+    x0 = model.predicted_x0(["a red cube", "two blue balls"], [1, 2], steps=3, guidance=4.0, at_steps=[1, 3],
+                            resolution=32)
+    final = model.generate(["a red cube", "two blue balls"], [1, 2], steps=3, guidance=4.0, resolution=32)
+    assert [im.size for im in x0[1]] == [(32, 32)] * 2
+    assert all(np.array_equal(np.asarray(a), np.asarray(b.image)) for a, b in zip(x0[3], final))
+    assert "_velocity" not in vars(model)                # the recording wrapper is gone again
+
+
+def test_cluster_analysis_measures_understanding_and_generation_units(model):
+    """The functional-cluster analysis (evaluation/analyses.py) on Bagel: every Linear/Conv unit's mean
+    |activation| on understanding tasks (understand) and on generation tasks (generate)."""
+    from srum_jobs.evaluation.analyses import cluster_units, measure
+    from srum_jobs.evaluation.understanding import load_items
+    from srum_jobs.records import Prompt
+
+    items = load_items(None, limit=2)
+    prompts = [Prompt(id=str(i), text=t, index=i) for i, t in enumerate(["a red cube", "two blue balls"])]
+    a_und, a_gen, names = measure(model, items, [it.question for it in items], prompts, [1, 2],
+                                  dict(steps=2, guidance=4.0, resolution=32), max_new_tokens=3)
+    assert a_und.shape == a_gen.shape and len(names) > 10
+    und_only = (a_und > 0) & (a_gen == 0)           # e.g. the understanding ViT
+    gen_only = (a_gen > 0) & (a_und == 0)           # e.g. the VAE decoder and the generation expert
+    assert und_only.any() and gen_only.any() and ((a_und > 0) & (a_gen > 0)).any()   # and shared layers
+    labels = cluster_units(a_und, a_gen, 4)
+    assert set(labels) <= {-1, 0, 1, 2, 3} and len(labels) == len(a_und)   # -1: never ran
+
+
 def test_understand_batches_and_its_judge_backend_takes_the_not_parsed_path(bagel_dir, model):
     from PIL import Image
 

@@ -57,7 +57,7 @@ def jobs_by_stage(objs):
 def test_every_object_is_valid_for_the_pinned_kubernetes_and_secure():
     ref, text = make()
     objs = b.all_objects(ref, text)
-    assert [o["kind"] for o in objs] == ["ConfigMap", "Job", "Job", "Service", "Job", "Job", "Job"]
+    assert [o["kind"] for o in objs] == ["ConfigMap", "NetworkPolicy", "Job", "Job", "Service", "Job", "Job", "Job"]
     assert object_problems(objs) == []
 
 
@@ -102,8 +102,12 @@ def _assert_indexed_stage(job, ref, stage, shards):
                             "--shard", "$(JOB_COMPLETION_INDEX)", "--num-shards", str(shards)]
     # $(VAR) is expanded by the kubelet only for variables the container itself declares
     assert c["env"][0]["name"] == "JOB_COMPLETION_INDEX"
-    assert pod["nodeSelector"] == {"pool": "gpu"}
-    assert pod["tolerations"] == ref.exp.cluster.tolerations
+    if stage == "rewards":
+        # issue 15: a CPU-only stage gets neither the GPU node selector nor the GPU tolerations
+        assert "nodeSelector" not in pod and "tolerations" not in pod
+    else:
+        assert pod["nodeSelector"] == {"pool": "gpu"}
+        assert pod["tolerations"] == ref.exp.cluster.tolerations
 
 
 def test_generate_rewards_eval_are_indexed_jobs_one_pod_per_shard():
@@ -150,7 +154,8 @@ def test_training_is_a_multinode_torchrun_indexed_job_with_a_headless_service():
                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{name}-0.{name}:29500",
                    "-m", "srum_jobs.stages.train", "--experiment", "/etc/srum/experiment.yaml", "--round", "1"]
     assert pod["containers"][0]["ports"] == [{"name": "c10d", "containerPort": 29500, "protocol": "TCP"}]
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in pod["volumes"]
     # torchrun turns a worker's exit code 78 into 1: the file is validated first, by an init container
     init = pod["initContainers"][0]
     assert init["command"] == ["srum", "config", "validate", "/etc/srum/experiment.yaml"]
@@ -181,6 +186,10 @@ def test_report_is_a_single_pod_job():
 def test_kueue_queue_label_and_suspend_only_when_a_queue_is_configured():
     ref, text = make({"cluster": {"queue_name": "team-a-gpu"}})
     for job in (o for o in b.all_objects(ref, text) if o["kind"] == "Job"):
+        if job["metadata"]["labels"][b.LABEL_STAGE] in ("rewards", "report"):
+            # issue 15: CPU-only stages never take the GPU quota; without cpu_queue_name they are not queued
+            assert b.KUEUE_QUEUE_LABEL not in job["metadata"]["labels"] and "suspend" not in job["spec"]
+            continue
         assert job["metadata"]["labels"][b.KUEUE_QUEUE_LABEL] == "team-a-gpu"
         assert job["spec"]["suspend"] is True
         # the queue label belongs on the Job (Kueue's admission unit), not on its pods
@@ -197,11 +206,20 @@ def test_s3_credentials_come_from_the_secret_by_reference_only(monkeypatch):
     objs = b.all_objects(ref, text)
     dumped = b.dump_yaml(objs)
     assert "canary-secret-value-123" not in dumped and "canary-key-id-456" not in dumped
-    env = {e["name"]: e for e in b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
-    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    pod = b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    # issue 15: the Secret's `credentials` file, mounted read-only; no key in the environment
+    assert not [k for k in env if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"] == f"{b.S3_CREDENTIALS_DIR}/credentials"
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "s3-credentials"]
+    assert vol["secret"]["secretName"] == "s3-creds"
+    assert {"name": "s3-credentials", "mountPath": b.S3_CREDENTIALS_DIR, "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
     assert env["AWS_DEFAULT_REGION"] == {"name": "AWS_DEFAULT_REGION", "value": "eu-west-1"}
+    # the training pod's init container only reads the experiment file: no credentials file
+    init = b.train_job(ref)["spec"]["template"]["spec"]["initContainers"][0]
+    assert "s3-credentials" not in {m["name"] for m in init["volumeMounts"]}
+    assert "AWS_SHARED_CREDENTIALS_FILE" not in {e["name"] for e in init["env"]}
     # without a Secret (cloud identity through the service account) there are no AWS keys at all
     ref, _ = make({"cluster": {"s3_secret": None, "service_account": "srum-irsa"}})
     pod = b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]
@@ -276,9 +294,9 @@ def test_dry_run_prints_valid_yaml_and_needs_no_cluster(monkeypatch, tmp_path):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "does-not-exist"))
     result = CliRunner().invoke(main, ["enqueue", "all", "--dry-run", "--experiment", str(BAGEL)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("# srum enqueue all: 7 objects for experiment bagel-compbench-r1 round 1")
+    assert result.output.startswith("# srum enqueue all: 8 objects for experiment bagel-compbench-r1 round 1")
     docs = [d for d in yaml.safe_load_all(result.output) if d]
-    assert [d["kind"] for d in docs] == ["ConfigMap", "Job", "Job", "Service", "Job", "Job", "Job"]
+    assert [d["kind"] for d in docs] == ["ConfigMap", "NetworkPolicy", "Job", "Job", "Service", "Job", "Job", "Job"]
     assert docs[0]["data"]["experiment.yaml"] == BAGEL.read_text()
     assert all(d["metadata"]["namespace"] == "team-vision" for d in docs)
     assert object_problems(docs) == []
@@ -286,7 +304,7 @@ def test_dry_run_prints_valid_yaml_and_needs_no_cluster(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["enqueue", "judge", "--dry-run", "-e", str(BAGEL), "-n", "other", "--round", "2"])
     assert result.exit_code == 0, result.output
     docs = [d for d in yaml.safe_load_all(result.output) if d]
-    assert [d["metadata"]["name"] for d in docs][1:] == ["srum-bagel-compbench-r1-r2-rewards"]
+    assert [d["metadata"]["name"] for d in docs][1:] == ["srum-bagel-compbench-r1-stages", "srum-bagel-compbench-r1-r2-rewards"]
     assert {d["metadata"]["namespace"] for d in docs} == {"other"}
 
 
@@ -330,3 +348,55 @@ def test_cluster_commands_module_imports_only_click():
             "'boto3', 'urllib3'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cpu_stages_use_the_cpu_queue_and_selector():
+    ref, text = make({"cluster": {"queue_name": "team-a-gpu", "cpu_queue_name": "team-a-cpu",
+                                  "cpu_node_selector": {"pool": "cpu"}}})
+    queues = {o["metadata"]["labels"][b.LABEL_STAGE]: o["metadata"]["labels"][b.KUEUE_QUEUE_LABEL]
+              for o in b.all_objects(ref, text) if o["kind"] == "Job"}
+    assert queues == {"generate": "team-a-gpu", "rewards": "team-a-cpu", "train": "team-a-gpu",
+                      "eval": "team-a-gpu", "report": "team-a-cpu"}
+    assert b.report_job(ref)["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}
+
+
+def test_users_add_env_volumes_and_tolerations_from_the_experiment():
+    ref, text = make({"cluster": {"extra_env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+                                  "extra_volumes": [{"name": "weights", "persistentVolumeClaim": {"claimName": "w"}}],
+                                  "extra_volume_mounts": [{"name": "weights", "mountPath": "/weights", "readOnly": True}],
+                                  "tolerations": [{"key": "team", "operator": "Equal", "value": "a",
+                                                   "effect": "NoSchedule"}]},
+                      "storage": {"root": "s3://bucket/x", "endpoint_url": "http://minio.minio:9000"}})
+    objs = b.all_objects(ref, text)
+    assert object_problems(objs) == []
+    pod = b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+    # the weight fetch (models/common.py) and storage use the experiment's endpoint, not AWS
+    assert env["AWS_ENDPOINT_URL"] == "http://minio.minio:9000"
+    assert {"name": "weights", "persistentVolumeClaim": {"claimName": "w"}} in pod["volumes"]
+    assert {"name": "weights", "mountPath": "/weights", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert pod["tolerations"] == [{"key": "team", "operator": "Equal", "value": "a", "effect": "NoSchedule"}]
+
+
+def test_images_are_pulled_always_unless_pinned_by_digest():
+    ref, _ = make()
+    c = b.sharded_stage_job(ref, "generate")["spec"]["template"]["spec"]["containers"][0]
+    assert c["imagePullPolicy"] == "Always"
+    digest = "ghcr.io/srum/srum-jobs@sha256:" + "a" * 64
+    ref, _ = make({"cluster": {"image": digest}})
+    job = b.sharded_stage_job(ref, "generate")
+    assert job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    assert not any(k.startswith("checkov.io/") for k in job["metadata"]["annotations"])
+
+
+def test_stage_network_policy_allows_dns_s3_and_the_judge_only():
+    ref, _ = make({"cluster": {"network_policy": {"s3_namespace": "minio"}}})
+    pol = b.stage_network_policy(ref)
+    assert pol["spec"]["podSelector"]["matchLabels"] == {b.LABEL_EXPERIMENT: "demo", b.LABEL_COMPONENT: "stage"}
+    egress = pol["spec"]["egress"]
+    ports = [sorted(p["port"] for p in rule.get("ports", [])) for rule in egress]
+    assert ports == [[53, 53], [443], [443], [8001], []]
+    assert egress[3]["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "srum-judge"}}}]
+    ref, _ = make({"cluster": {"network_policy": {"enabled": False}}})
+    assert b.stage_network_policy(ref) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from srum_jobs.cluster.builders import pod_specs
@@ -65,7 +66,16 @@ def test_deployment_gpu_shm_probes_and_model_control():
     assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
     assert "--model-repository=/models" in args
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert ports == {"http": 8000, "metrics": 8002}
+    # issue 15: Triton's gRPC only on loopback; the gateway container (TLS, team keys) serves 8001
+    assert "--grpc-address=127.0.0.1" in args and "--grpc-port=9001" in args
+    gw = pod["containers"][1]
+    assert gw["command"] == ["python3", "-m", "srum_jobs.judging.gateway"]
+    assert "--upstream=127.0.0.1:9001" in gw["args"] and "--listen=0.0.0.0:8001" in gw["args"]
+    assert any(a.startswith("--tls-cert=") for a in gw["args"]) and any(a.startswith("--keys-file=") for a in gw["args"])
+    from srum_jobs.judging.gateway import main as gateway_main
+    with pytest.raises(SystemExit):                  # the arguments parse with the real entry point
+        gateway_main(["--help"])
     assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == "1"
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
@@ -82,10 +92,10 @@ def test_deployment_gpu_shm_probes_and_model_control():
 def test_services_select_the_judge_pods_by_named_ports():
     dep = one("Deployment")
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-    named = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    named = {p["name"] for c in dep["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
     headless, regular = one("Service", "srum-judge-headless"), one("Service", "srum-judge")
     assert headless["spec"]["clusterIP"] == "None"
-    assert {p["port"] for p in regular["spec"]["ports"]} == {8000, 8001, 8002}
+    assert {p["port"] for p in regular["spec"]["ports"]} == {8000, 8001, 8002, 8003}
     assert 8001 in {p["port"] for p in headless["spec"]["ports"]}
     for svc in (headless, regular):
         assert svc["spec"]["selector"].items() <= pod_labels.items()
@@ -109,7 +119,7 @@ def test_network_policy_admits_only_labelled_client_namespaces():
         for port in rule["ports"]:
             by_port[port["port"]] = rule["from"][0]["namespaceSelector"]["matchLabels"]
     assert by_port[8001] == by_port[8000] == {"srum.dev/judge-client": "true"}
-    assert by_port[8002] == {"srum.dev/judge-metrics": "true"}
+    assert by_port[8002] == by_port[8003] == {"srum.dev/judge-metrics": "true"}
 
 
 def test_the_documented_client_url_is_accepted_by_the_experiment_schema_and_names_the_headless_service():

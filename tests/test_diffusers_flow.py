@@ -103,3 +103,17 @@ def test_parameter_and_layout_errors(sd3_dir, tmp_path):
         DiffusersFlowModel({"stepz": "3"}, checkpoint=str(sd3_dir))
     with pytest.raises(ParamError, match="text_dropout=2.0 must be <= 1"):
         DiffusersFlowModel({"text_dropout": "2"}, checkpoint=str(sd3_dir))
+
+
+def test_predicted_x0_reads_the_generate_loop(model):
+    """The per-step analysis hook: the last step is the generated image; an earlier step is the decoded
+    x0 = x_t - sigma v of the very same loop (same seeds), and differs from it."""
+    import numpy as np
+
+    prompts, seeds = ["a red cube", "a blue ball"], [1, 2]
+    x0 = model.predicted_x0(prompts, seeds, steps=3, guidance=2.0, at_steps=[1, 3])
+    final = model.generate(prompts, seeds, steps=3, guidance=2.0)
+    assert [im.size for im in x0[1]] == [g.image.size for g in final]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b.image)) for a, b in zip(x0[3], final))
+    with pytest.raises(ValueError, match="outside 1..3"):
+        model.predicted_x0(prompts, seeds, steps=3, at_steps=[0])

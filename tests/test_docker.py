@@ -103,9 +103,11 @@ def test_images_install_the_package_with_a_defined_extra_and_run_as_the_pods_uid
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     runs = " ".join(arg for word, arg in instructions(dockerfile) if word == "RUN")
-    for extra in re.findall(r'pip install "\.\[([a-z,]+)\]"', runs):
+    for extra in re.findall(r'pip install --constraint constraints\.txt "\.\[([a-z,]+)\]"', runs):
         assert set(extra.split(",")) <= set(extras)
-    assert 'pip install ".[' in runs
+    # issue 15: every Python dependency pinned, through docker/constraints.txt
+    assert 'pip install --constraint constraints.txt ".[' in runs
+    assert ("COPY", "docker/constraints.txt ./constraints.txt") in instructions(dockerfile)
     users = [arg for word, arg in instructions(dockerfile) if word == "USER"]
     assert users and users[-1] == f"{RUN_AS_USER}:{RUN_AS_USER}"  # numeric: runAsNonRoot can verify it
     # never an unpinned torch: the jobs image takes it from its CUDA PyTorch base, the Triton image pins it
@@ -154,3 +156,20 @@ def test_triton_image_serves_the_repository_that_k8s_and_the_chart_point_at():
     assert c["command"] == ["tritonserver"] and flag in c["args"]
     values = yaml.safe_load((ROOT / "helm" / "srum" / "values.yaml").read_text())
     assert values["triton"]["modelRepository"] == repo_dest[0]
+
+
+def test_constraints_pin_every_package_and_cover_the_projects_dependencies():
+    import tomllib
+
+    lines = [ln.strip() for ln in (DOCKER / "constraints.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    pins = {}
+    for ln in lines:
+        name, sep, version = ln.partition("==")
+        assert sep and version, f"constraints.txt: {ln!r} is not pinned with =="
+        pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["models"]
+    for req in wanted:
+        name = re.split(r"[<>=\[ ;]", req, 1)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} (pyproject.toml) is not pinned in docker/constraints.txt"

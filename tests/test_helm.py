@@ -144,10 +144,21 @@ def test_s3_credentials_only_by_reference(monkeypatch):
     values = load_values(ROOT / "helm" / "values" / "shared-endpoint.yaml")
     docs, raw = render(values)
     assert "canary-secret-987" not in "".join(raw.values())
-    env = {e["name"]: e for e in _driver(docs)["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "team-a-s3",
-                                                                          "key": "AWS_SECRET_ACCESS_KEY"}
+    pod = _driver(docs)["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    # issue 15: a credentials file mounted from the Secret, never keys in the environment
+    assert not [k for k in env if k.startswith("AWS_ACCESS") or k.startswith("AWS_SECRET")]
+    assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"] == "/var/run/secrets/srum/s3/credentials"
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "s3-credentials"]
+    assert vol["secret"]["secretName"] == "team-a-s3" and vol["secret"]["items"] == [{"key": "credentials",
+                                                                                      "path": "credentials"}]
+    assert {"name": "s3-credentials", "mountPath": "/var/run/secrets/srum/s3", "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
     assert env["AWS_DEFAULT_REGION"]["value"] == "us-east-1"
+    # the experiment's S3 endpoint reaches every boto3 client of the pod (issue 15, real-model pods)
+    docs, _ = render(load_values(ROOT / "helm" / "values" / "in-release-triton.yaml"))
+    env = {e["name"]: e for e in _driver(docs)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio.svc.cluster.local:9000"
 
 
 def test_in_release_triton():
@@ -165,8 +176,10 @@ def test_in_release_triton():
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["name"] == "exp-42-triton-headless"
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
-    (netpol,) = by_kind(docs, "NetworkPolicy")
+    (netpol,) = [n for n in by_kind(docs, "NetworkPolicy") if n["metadata"]["name"] == "exp-42-triton"]
     assert netpol["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+    assert {"port": 8002, "protocol": "TCP"} in netpol["spec"]["ingress"][1]["ports"]   # Prometheus
+    assert {"name": "metrics", "port": 8002, "targetPort": "metrics", "protocol": "TCP"} in svc["spec"]["ports"]
 
 
 def test_kueue_local_queue():

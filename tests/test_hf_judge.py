@@ -221,3 +221,17 @@ def test_hf_judge_and_sam_boxer_through_a_real_triton_server(model_dir, backend,
     assert list(replies) == expected
     np.testing.assert_allclose(boxes.boxes, expected_boxes.boxes)
     np.testing.assert_allclose(boxes.areas, expected_boxes.areas)
+
+
+def test_missing_weights_are_a_config_error_naming_the_location(tmp_path, s3_endpoint, s3_bucket, monkeypatch):
+    """Issue 15: a missing checkpoint fails fast (config error -> the Jobs' FailJob exit code), never as a crash
+    that the Job retries; the experiment's endpoint is used, not AWS."""
+    from srum_jobs.config import ConfigError
+    from srum_jobs.models.common import local_weights
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("SRUM_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"weights location '/nowhere/judge' does not exist"):
+        local_weights("/nowhere/judge", "hf judge backend")
+    with pytest.raises(ConfigError, match=rf"no weights under s3://{s3_bucket}/absent \(endpoint {s3_endpoint}\)"):
+        local_weights(f"s3://{s3_bucket}/absent", "hf judge backend", endpoint_url=s3_endpoint)

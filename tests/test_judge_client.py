@@ -178,10 +178,20 @@ def test_invalid_argument_is_not_retried(triton_server):
 
 @pytest.mark.triton
 def test_deadline_exceeded_is_retried_then_reported(triton_server):
+    import io
+
+    from PIL import Image
+
+    # 4 MB of noise: sending and decoding it alone takes far longer than the 0.5 ms deadline (a small image
+    # is answered in about a millisecond now that the batcher no longer waits; issue 15)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), dtype=np.uint8)).save(buf, "PNG")
+    big = buf.getvalue()
+
     async def go():
         async with TritonTransport(triton_server.grpc_url, timeout_s=0.0005, retries=2, backoff_s=0.01) as t:
             with pytest.raises(JudgeUnavailable) as e:
-                await t.judge(_png(1), _instruction(1), JudgeParams(max_new_tokens=64))
+                await t.judge(big, _instruction(1), JudgeParams(max_new_tokens=64))
             return e.value, t.stats
 
     err, stats = _run(go())

@@ -303,3 +303,23 @@ def test_inprocess_transport_batches_concurrent_requests():
     assert len(recs) == 16 and all(r.global_judgment.parsed for r in recs)
     assert max(t.batch_sizes["judge"]) > 1 and max(t.batch_sizes["judge"]) <= 8
     assert sum(t.batch_sizes["judge"]) == 32 and sum(t.batch_sizes["boxer"]) == 16
+
+
+def test_verification_sees_more_candidates_than_it_keeps():
+    """Issue 15: with judge.verify_candidates the boxer is asked for more boxes and the judge verifies them
+    all; the largest reward.max_regions confirmed ones are kept, so a rejected big box makes room for the
+    next candidate instead of leaving a region slot empty."""
+    def verify(ins, attempt):
+        _, x0, *_ = REGION.findall(ins)[0]
+        return "Answer: no\nObject: none" if x0 == "10" else "Answer: yes\nObject: square"
+
+    boxer = FixedBoxer(BOXES)
+    judge = ScriptedJudge({**GOOD, "verify": verify})
+    rec = run(InProcessTransport(judge, boxer), judge=JudgeConfig(verify_boxes=True, verify_candidates=3),
+              reward=RewardConfig(max_regions=2))
+    assert boxer.options[-1].max_regions == 3 and judge.count("verify") == 3
+    assert [r.box.as_tuple() for r in rec.regions] == [(4, 4, 20, 12), (0, 0, 8, 8)]
+    # without it (the default) verification sees only the 2 it may keep: the rejected one leaves 1 region
+    boxer, judge = FixedBoxer(BOXES), ScriptedJudge({**GOOD, "verify": verify})
+    rec = run(InProcessTransport(judge, boxer), judge=JudgeConfig(verify_boxes=True), reward=RewardConfig(max_regions=2))
+    assert boxer.options[-1].max_regions == 2 and [r.box.as_tuple() for r in rec.regions] == [(4, 4, 20, 12)]

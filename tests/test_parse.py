@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srum_jobs.judging.parse import MAX_REGIONS, parse_global, parse_regions, parse_sample, parse_verify
+from srum_jobs.judging.parse import (MAX_REGIONS, parse_choice, parse_count, parse_global, parse_regions, parse_sample,
+                                     parse_verify, parse_yes_no, read_number)
 from srum_jobs.judging.parse_cli import parse_command
 
 # ------------------------------------------------------------------------------------------ global
@@ -227,6 +228,96 @@ def test_verify_unreadable():
     assert r.parsed is False and r.answer is None
 
 
+# ----------------------------------------------------------------- numbers are read whole (issue 14)
+
+
+@pytest.mark.parametrize("text, score", [
+    ("Score: 0,8", 0.8),                             # a decimal comma is read whole, never as its prefix 0
+    ("Score: -0,5\nReason: x", -0.5),
+    ("0,75", 0.75),
+    ("Score: \\-0.5", -0.5),                         # the escaped markdown minus
+    ("Score: \\+0.5", 0.5),
+    ("Score: 8/10", 0.8),                            # a fraction is read whole
+    ("Score: 0.8, because the layout is right", 0.8),
+    ("Score: 0.6.", 0.6),
+])
+def test_numbers_are_read_whole(text, score):
+    r = parse_global(text)
+    assert r.parsed and r.score == pytest.approx(score)
+
+
+@pytest.mark.parametrize("text", [
+    "Score: 1,000",          # thousands separator or decimal: ambiguous
+    "Score: 0.5-0.7",        # a range
+    "Score: 0.5 to 0.7",
+    "Score: 80%",            # a percentage of what scale?
+    "Score: 0.8.5",          # two decimal points
+    "Score: 8th",            # letters glued to the digits
+    "Score: 1,000.5",
+    "Score: 0.8\nScore: 0,8,5",                       # the last (corrected) value is unreadable
+    "Score: 3/0",
+])
+def test_malformed_numbers_are_unparsed_never_a_prefix(text):
+    r = parse_global(text)
+    assert r.parsed is False and r.score is None
+
+
+def test_malformed_region_score_is_unparsed():
+    r = parse_regions("Region ID: 1\nScore: 0,9\nRegion ID: 2\nScore: 1.2.3", 2)
+    assert r.regions[1].score == pytest.approx(0.9) and r.regions[2] is None
+
+
+@pytest.mark.parametrize("text, status, value", [
+    ("0,8", "number", 0.8), ("12,5", "number", 12.5), ("0,125", "number", 0.125), ("1,000", "malformed", None),
+    ("N/A", "na", None), ("abc", "absent", None), ("7/10", "number", 0.7), ("3e2", "number", 300.0),
+])
+def test_read_number(text, status, value):
+    r = read_number(text)
+    assert r.status == status and (r.value == pytest.approx(value) if value is not None else r.value is None)
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("Yes", True), ("no.", False), ("Answer: yes", True), ('{"answer": "No"}', False), ("The answer is yes.", True),
+    ("Yes, there is no blue square", True), ("**No**", False),
+])
+def test_yes_no(text, answer):
+    r = parse_yes_no(text)
+    assert r.parsed and r.value is answer
+
+
+@pytest.mark.parametrize("text", ["yes and no", "I cannot tell", "", "maybe"])
+def test_yes_no_unparsed(text):
+    assert parse_yes_no(text).parsed is False
+
+
+@pytest.mark.parametrize("text, n", [
+    ("3", 3), ("There are two clocks.", 2), ("Answer: 2", 2), ("Count: three", 3), ('{"count": 4}', 4), ("none", 0),
+    ("There is one clock.", 1),
+])
+def test_count(text, n):
+    r = parse_count(text)
+    assert r.parsed and r.value == n
+
+
+@pytest.mark.parametrize("text", ["2.5", "2 or 3", "2-3", "I see 2 red and 3 blue", "Answer: 2,5,1", "many"])
+def test_count_unparsed(text):
+    assert parse_count(text).parsed is False
+
+
+@pytest.mark.parametrize("text, letter", [
+    ("B", "B"), ("(C)", "C"), ("Answer: A", "A"), ("A. red circle", "A"), ("The answer is B.", "B"),
+    ('{"answer": "b"}', "B"), ("B. A red circle", "B"), ("Option C", "C"),
+])
+def test_choice(text, letter):
+    r = parse_choice(text, "ABC")
+    assert r.parsed and r.value == letter
+
+
+@pytest.mark.parametrize("text", ["A or B", "D", "Between (A) and (B), I pick (B)", "An image", ""])
+def test_choice_unparsed(text):
+    assert parse_choice(text, "ABC").parsed is False
+
+
 # --------------------------------------------------------------------------------------- properties
 
 _fragments = st.sampled_from(["Score:", "score", "Region ID:", "Region", "Object:", "Reason:", "Answer:", "yes",
@@ -252,6 +343,10 @@ def test_property_parsers_never_raise_and_scores_in_range(text, n):
     assert r.parsed == any(v is not None for v in r.regions.values())
     v = parse_verify(text)
     assert v.answer in (True, False, None)
+    assert parse_yes_no(text).value in (True, False, None)
+    c = parse_count(text)
+    assert c.parsed == (c.value is not None) and (c.value is None or c.value >= 0)
+    assert parse_choice(text, "ABCD").value in (None, "A", "B", "C", "D")
 
 
 _SP = " " * 20000
@@ -269,6 +364,7 @@ def test_no_catastrophic_backtracking(text):
     # generous bound stays meaningful on a loaded CI machine
     t0 = time.perf_counter()
     parse_global(text), parse_regions(text, 5), parse_verify(text)
+    parse_yes_no(text), parse_count(text), parse_choice(text, "ABCD")
     assert time.perf_counter() - t0 < 5.0
 
 
@@ -350,3 +446,16 @@ def test_cli_jsonl_1000_lines_fast_without_torch(tmp_path):
     assert out[0]["regions"]["5"] == {"score": 0.5, "object": "thing 5"}
     assert out[1]["score"] == -0.9
     assert wall < 2.0, f"JSONL mode took {wall:.2f} s for 1,000 lines"
+
+
+@pytest.mark.parametrize("kind, text, out", [
+    ("compbench", '{"score": 72, "explanation": "x"}', {"parsed": True, "value": 72.0}),
+    ("compbench", "score: 70-80", {"parsed": False, "value": None}),
+    ("wise", "Consistency: 10\nRealism: 1\nAesthetic Quality: 0", {"parsed": False, "value": None}),
+    ("yesno", "Yes.", {"parsed": True, "value": True}),
+    ("count", "There are two clocks.", {"parsed": True, "value": 2}),
+])
+def test_cli_evaluator_kinds(kind, text, out):
+    res = CliRunner().invoke(parse_command, ["--kind", kind], input=text)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == out

@@ -153,3 +153,26 @@ def test_released_sizes_match_segment_anything():
     ours = build_sam(RELEASED["vit_b"]).state_dict()
     theirs = sam_model_registry["vit_b"]().state_dict()
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+
+
+def test_batched_image_encoder_gives_the_boxes_of_one_image_at_a_time(boxer, proposals):
+    """Issue 15: `propose` embeds its images in batches (encoder_batch); every image's boxes equal what the
+    automatic generator finds for it alone (its own set_image), images of different sizes included."""
+    import torch
+
+    images = [scene(), scene()[:40, :40].copy()]
+    alone = [boxer.propose_one(im, OPTS) for im in images]
+    for got, want in zip(proposals, alone):
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1.0)
+        np.testing.assert_allclose(got.areas, want.areas, rtol=0.05)
+        assert len(got.boxes) == len(want.boxes)
+    # the batch really went through the encoder together
+    features, sizes = boxer.embed([np.asarray(im) for im in images])
+    assert features.shape[0] == 2 and sizes[0] != sizes[1]
+    gen = boxer._generator(OPTS.points_per_side)
+    gen.predictor.set_image(images[0])
+    with torch.inference_mode():
+        alone_features = gen.predictor.features
+    torch.testing.assert_close(features[:1], alone_features, rtol=1e-4, atol=1e-4)
+    gen.predictor.reset_image()
+    assert "set_image" not in vars(gen.predictor)     # the batch's stand-in was removed

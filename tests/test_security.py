@@ -86,8 +86,8 @@ def test_commands_print_no_credentials(canaries, tmp_path):
         assert r.exit_code == 0, (name, r.output)
         assert_clean(r.output, f"`srum {name}`")
     manifests = outputs["enqueue all --dry-run"].output
-    # the pods still get the credentials: by reference to the Secret, never by value
-    assert "secretKeyRef" in manifests and "AWS_SECRET_ACCESS_KEY" in manifests
+    # the pods still get the credentials: the Secret's credentials file, mounted, never by value (issue 15)
+    assert "AWS_SHARED_CREDENTIALS_FILE" in manifests and "secretName: srum-s3-credentials" in manifests
 
 
 def test_storage_layer_writes_and_logs_no_credentials(canaries, s3_bucket, tmp_path, caplog, capfd):

@@ -106,3 +106,41 @@ def test_judge_model_answers_in_text_and_names_bad_inputs(tmp_path):
     text = {t.name: t.array for t in out[0].output_tensors}["TEXT"][0][0].decode()
     assert out[0].error is None and "Score:" in text
     assert out[1].error.code == "INVALID_ARG" and "INSTRUCTION" in out[1].error.message
+
+
+def test_malformed_instruction_is_the_requests_fault_not_the_servers(tmp_path):
+    """A toy-judge instruction without its `Prompt:` line is INVALID_ARG (never retried), not INTERNAL; the
+    well-formed request of the same batch is served."""
+    class Model(JudgeModel):
+        pb = _pb([])
+
+    m = Model()
+    m.initialize(_args(tmp_path, "srum_judge", "toy", {"preset": "test"}))
+    good = _Request([_Tensor("IMAGE", _bytes(_png())), _Tensor("INSTRUCTION", _bytes(b"Prompt: a red square\n"))])
+    malformed = _Request([_Tensor("IMAGE", _bytes(_png())), _Tensor("INSTRUCTION", _bytes(b"hello there"))])
+    out = m.execute([good, malformed])
+    assert out[0].error is None
+    assert out[1].error.code == "INVALID_ARG", out[1].error.message
+    assert "no 'Prompt: <text>' line" in out[1].error.message
+
+
+def test_pixel_cap_is_a_model_parameter_and_refuses_from_the_header(tmp_path):
+    import time
+
+    class Model(BoxerModel):
+        pb = _pb([])
+
+    m = Model()
+    m.initialize(_args(tmp_path, "srum_boxer", "components", {"max_image_pixels": "1000"}))
+    small = _Request([_Tensor("IMAGE", _bytes(_png()))])            # 32 x 32 = 1024 pixels
+    buf = io.BytesIO()
+    Image.new("1", (8192, 8192)).save(buf, "PNG")                    # what issue 17 sent: 10 s of boxer CPU
+    big = buf.getvalue()
+    out = m.execute([small])
+    assert out[0].error.code == "INVALID_ARG" and "32x32, more than the 1000 pixels" in out[0].error.message
+    m.initialize(_args(tmp_path, "srum_boxer", "components"))       # the default cap: 4096 x 4096
+    t0 = time.perf_counter()
+    out = m.execute([_Request([_Tensor("IMAGE", _bytes(big))]), small])
+    assert time.perf_counter() - t0 < 1.0
+    assert out[0].error.code == "INVALID_ARG" and "8192x8192" in out[0].error.message
+    assert out[1].error is None

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -58,7 +59,7 @@ class NotAJudge:
 
 
 def test_unknown_backend_names_the_choices():
-    with pytest.raises(BackendError, match=r"unknown judge backend 'nope'; available: bagel, hf, toy"):
+    with pytest.raises(BackendError, match=r"unknown judge backend 'nope'; available: bagel, hf, toy, toy_rules"):
         backend_class("judge", "nope")
     with pytest.raises(BackendError, match=r"unknown boxer backend 'x'; available: components, sam"):
         backend_class("boxer", "x")
@@ -69,7 +70,8 @@ def test_unknown_backend_names_the_choices():
 def test_registries_point_at_the_agreed_classes():
     assert backends.JUDGE_BACKENDS == {"toy": "srum_jobs.models.toy.judge:ToyJudgeBackend",
                                        "hf": "srum_jobs.models.hf_judge:HFJudgeBackend",
-                                       "bagel": "srum_jobs.models.bagel:BagelJudgeBackend"}
+                                       "bagel": "srum_jobs.models.bagel:BagelJudgeBackend",
+                                       "toy_rules": "srum_jobs.models.toy.rules_evaluator:ToyRulesEvaluator"}
     assert backends.BOXER_BACKENDS == {"components": "srum_jobs.models.toy.components:ComponentsBoxer",
                                        "sam": "srum_jobs.models.sam_boxer:SamBoxer"}
 
@@ -230,9 +232,11 @@ def test_checked_in_configs_are_production_values_matching_the_wire_names():
         cfg = read_model_config(src / name / "config.pbtxt")
         assert cfg.name == name and cfg.backend == "python"
         assert cfg.max_batch_size > 1
-        assert 0 < cfg.dynamic_batching.max_queue_delay_microseconds <= 100_000
+        assert cfg.HasField("dynamic_batching")
+        # issue 15: preferred sizes with a queue delay stall requests ~500 ms; one instance stalls too
+        assert not cfg.dynamic_batching.preferred_batch_size and cfg.dynamic_batching.max_queue_delay_microseconds == 0
         assert cfg.dynamic_batching.default_queue_policy.max_queue_size > 0
-        assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
         assert cfg.version_policy.WhichOneof("policy_choice") == "latest"
         assert cfg.parameters["backend"].string_value
         wire = {v for k, v in vars(tensors).items() if k.isupper()}
@@ -248,17 +252,21 @@ def test_generated_repository_is_local(tmp_path):
 
     models = local_models("toy", {"preset": "test"}, "components", {}, evaluator_backend="hf",
                           evaluator_params={"model_path": "/m/qwen", "device": "cpu"})
-    models[JUDGE_MODEL].instances = 2
+    models[JUDGE_MODEL].instances = 3
     models[BOXER_MODEL].max_queue_delay_us = 500
+    models[BOXER_MODEL].preferred_batch_sizes = [4]
     repo = generate_repository(tmp_path / "repo", models)
     assert sorted(p.name for p in repo.iterdir()) == sorted([JUDGE_MODEL, BOXER_MODEL, EVALUATOR_MODEL])
     judge = read_model_config(repo / JUDGE_MODEL / "config.pbtxt")
-    assert [(g.kind, g.count) for g in judge.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    assert [(g.kind, g.count) for g in judge.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
     # production-only parameters (GPU dtype, weights path) are gone; the serving limit stays
     assert {k: v.string_value for k, v in judge.parameters.items()} == \
         {"backend": "toy", "preset": "test", "backend_max_batch": "8"}
     boxer = read_model_config(repo / BOXER_MODEL / "config.pbtxt")
     assert boxer.dynamic_batching.max_queue_delay_microseconds == 500
+    assert list(boxer.dynamic_batching.preferred_batch_size) == [4]
+    # a count not overridden is the production one (CPU instead of GPU)
+    assert [(g.kind, g.count) for g in boxer.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
     ev = read_model_config(repo / EVALUATOR_MODEL / "config.pbtxt")
     assert ev.parameters["model_path"].string_value == "/m/qwen"
     ev_model = repo / EVALUATOR_MODEL / "1" / "model.py"
@@ -315,7 +323,7 @@ def test_health_metadata_and_config(triton_server):
     assert {o["name"] for o in meta["outputs"]} == {"TEXT", "THINK_TEXT"}
     _, cfg = _get(f"{triton_server.http_url}/v2/models/{BOXER_MODEL}/config")
     assert cfg["instance_group"][0]["kind"] == "KIND_CPU"
-    assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] > 0
+    assert "dynamic_batching" in cfg and cfg["instance_group"][0]["count"] == 2
     assert cfg["parameters"]["backend"]["string_value"] == "components"
     # metrics endpoint answers on its own port
     with urllib.request.urlopen(triton_server.metrics_url, timeout=10) as r:
@@ -479,6 +487,18 @@ def test_serve_command_help_is_mounted_under_judge():
         assert opt in res.output
 
 
+def ready_banner(proc) -> str:
+    """What `srum judge serve` (a subprocess) prints up to its log line; fails with its stderr if not ready."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.strip().startswith("log"):
+            break
+    out = "".join(lines)
+    assert "srum judge server ready" in out, out + proc.stderr.read()
+    return out
+
+
 @pytest.mark.triton
 def test_serve_command_runs_in_the_foreground_until_sigterm(tmp_path):
     import re
@@ -494,13 +514,7 @@ def test_serve_command_runs_in_the_foreground_until_sigterm(tmp_path):
            "--backend", "toy", "--param", "preset=test", "--boxer", "components", "--run-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.strip().startswith("log"):
-                break
-        out = "".join(lines)
-        assert "srum judge server ready" in out, out + proc.stderr.read()
+        out = ready_banner(proc)
         assert f"grpc     127.0.0.1:{grpc_port}" in out
         http_url = re.search(r"http\s+(http://\S+)", out).group(1)
         assert re.search(r"metrics\s+http://127\.0\.0\.1:\d+/metrics", out)
@@ -514,3 +528,82 @@ def test_serve_command_runs_in_the_foreground_until_sigterm(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _queue_ns(stats, model):
+    for m in stats["model_stats"]:
+        if m["name"] == model:
+            q = m["inference_stats"].get("queue", {})
+            return int(q.get("count", 0)), int(q.get("ns", 0))
+    return 0, 0
+
+
+@pytest.mark.triton
+def test_sequential_requests_never_stall_in_the_batcher(triton_server):
+    """Issue 15: with `preferred_batch_size` and a queue delay, Triton 2.51's dynamic batcher sleeps up to
+    500 ms (its idle wait) after a batch it sent on the delay timer, because a new request does not wake it
+    until the queue reaches the next preferred size. One client asking one question at a time then waits
+    ~500 ms on 2-7 % of its requests. The server-side queue time tells the stall from CPU contention."""
+    from srum_jobs.judging.client import TritonTransport
+
+    inputs = _toy_inputs(150)
+
+    async def go():
+        async with TritonTransport(triton_server.grpc_url, boxer_model=None) as t:
+            await t.judge(*inputs[0], JudgeParams(max_new_tokens=16))            # warm-up, not counted
+            before = _queue_ns(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
+            latencies = []
+            for png, text in inputs[1:]:
+                t0 = time.perf_counter()
+                await t.judge(png, text, JudgeParams(max_new_tokens=16))
+                latencies.append(time.perf_counter() - t0)
+            # Triton records a request's statistics just after sending its response: wait for the last one
+            for _ in range(40):
+                after = _queue_ns(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
+                if after[0] - before[0] >= len(inputs) - 1:
+                    break
+                await asyncio.sleep(0.05)
+        return latencies, after[0] - before[0], after[1] - before[1]
+
+    latencies, queued, queue_ns = _run(go())
+    assert queued == len(inputs) - 1
+    # the old configuration queued 3-5 s in total over these 149 requests; without stalls it is milliseconds
+    assert queue_ns / 1e6 < 400, f"requests waited {queue_ns / 1e6:.0f} ms in Triton's queue in total"
+    slow = sorted(round(1e3 * v) for v in latencies if v > 0.4)
+    assert len(slow) <= 2, f"{len(slow)} of {len(latencies)} sequential judgments took > 400 ms: {slow} ms"
+
+
+@pytest.mark.triton
+def test_checked_in_batching_is_what_every_server_serves(triton_server):
+    """One source of truth: `srum judge serve` and `srum run` generate their repository from triton_models/,
+    keeping its dynamic_batching; the images bake triton_models/ in (k8s/, the chart)."""
+    src = read_model_config(default_model_source() / JUDGE_MODEL / "config.pbtxt").dynamic_batching
+    _, cfg = _get(f"{triton_server.http_url}/v2/models/{JUDGE_MODEL}/config")
+    served = cfg["dynamic_batching"]
+    # Triton fills an empty preferred_batch_size with max_batch_size; with no queue delay it never waits for it
+    assert list(served.get("preferred_batch_size", [])) in (list(src.preferred_batch_size), [cfg["max_batch_size"]])
+    assert int(served.get("max_queue_delay_microseconds", 0)) == src.max_queue_delay_microseconds == 0
+    assert [g["count"] for g in cfg["instance_group"]] == [sum(g.count for g in read_model_config(
+        default_model_source() / JUDGE_MODEL / "config.pbtxt").instance_group)]
+
+
+@pytest.mark.triton
+def test_second_server_on_busy_ports_fails_naming_the_port(triton_server, tmp_path):
+    """Issue 17 item 7: a second `srum judge serve` on the ports of a running server must not report the
+    other server's readiness as its own."""
+    from click.testing import CliRunner
+
+    from srum_jobs.cli import main
+    from srum_jobs.judging.server import TritonPortInUse
+
+    second = LocalTritonServer(local_models("toy", {"preset": "test"}), run_dir=tmp_path / "second",
+                               grpc_port=triton_server.grpc_port)
+    with pytest.raises(TritonPortInUse, match=rf"grpc port 127\.0\.0\.1:{triton_server.grpc_port} is already in use"):
+        second.start()
+    assert second.proc is None
+    res = CliRunner().invoke(main, ["judge", "serve", "--http-port", str(triton_server.http_port),
+                                    "--run-dir", str(tmp_path / "cli")])
+    assert res.exit_code != 0
+    assert "srum judge server ready" not in res.output
+    assert f"http port 127.0.0.1:{triton_server.http_port} is already in use" in res.output
+    assert _get(f"{triton_server.http_url}/v2/health/ready")[0] == 200        # the first one is untouched

@@ -21,6 +21,7 @@ _KINDS = {
     "Job": ("BatchV1Api", "namespaced_job", "jobs"),
     "Service": ("CoreV1Api", "namespaced_service", "services"),
     "ConfigMap": ("CoreV1Api", "namespaced_config_map", "configmaps"),
+    "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy", "networkpolicies"),
     "Pod": ("CoreV1Api", "namespaced_pod", "pods"),
 }
 

@@ -35,7 +35,8 @@ EXPERIMENT_DIR = "/etc/srum"
 SCRATCH_DIR = "/scratch"
 RDZV_PORT = 29500
 GPU_RESOURCE = "nvidia.com/gpu"
-RUN_AS_USER = 1000  # the `srum` user of docker/jobs.Dockerfile
+# The `srum` user of docker/jobs.Dockerfile: a UID above 10000 never matches a user of the node's own.
+RUN_AS_USER = 10001
 
 LABEL_EXPERIMENT = "srum.dev/experiment"
 LABEL_ROUND = "srum.dev/round"
@@ -49,8 +50,12 @@ INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # Exit codes after which retrying cannot help: the whole Job fails at once instead of burning GPU hours.
 FAIL_FAST_EXIT_CODES = (exitcodes.USAGE, exitcodes.CONFIG_ERROR)
 
-# S3 credentials: keys of the existing Secret named by cluster.s3_secret (values never pass through here).
-S3_SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
+# S3 credentials: the key `credentials` of the existing Secret named by cluster.s3_secret, an AWS shared
+# credentials file, mounted read-only as a file (never as environment variables, which leak into child
+# processes, crash dumps and `kubectl describe`); botocore reads it through AWS_SHARED_CREDENTIALS_FILE.
+S3_SECRET_KEY = "credentials"
+S3_CREDENTIALS_DIR = "/var/run/secrets/srum/s3"
+CHECKOV_SKIP = "checkov.io/skip{}"
 
 _MAX_NAME = 63
 
@@ -176,6 +181,24 @@ def container_security_context() -> Dict[str, Any]:
             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
 
 
+def image_pull_policy(image: str, policy: Optional[str]) -> str:
+    """The configured policy, else IfNotPresent for an image pinned by digest and Always for a tag (a tag can
+    be pushed again; Always makes every pod run what the tag names now)."""
+    return policy or ("IfNotPresent" if "@sha256:" in image else "Always")
+
+
+def checkov_skips(image: str) -> Dict[str, str]:
+    """checkov suppressions, in place with their reason (tests/test_lint_manifests.py runs checkov)."""
+    if "@sha256:" in image:
+        return {}
+    return {CHECKOV_SKIP.format(1): "CKV_K8S_43=the image is a pinned release tag pulled Always; "
+                                    "set cluster.image to name@sha256:DIGEST to pin the bytes"}
+
+
+def _is_gpu(res: ResourcesConfig) -> bool:
+    return res.gpu > 0
+
+
 def _env(ref: RunRef, indexed: bool) -> List[Dict[str, Any]]:
     env: List[Dict[str, Any]] = []
     if indexed:
@@ -192,23 +215,21 @@ def _env(ref: RunRef, indexed: bool) -> List[Dict[str, Any]]:
     ]
     if ref.exp.storage.region:
         env.append({"name": "AWS_DEFAULT_REGION", "value": ref.exp.storage.region})
-    secret = ref.exp.cluster.s3_secret
-    if secret:
-        for key, optional in S3_SECRET_KEYS:
-            sel: Dict[str, Any] = {"name": secret, "key": key}
-            if optional:
-                sel["optional"] = True
-            env.append({"name": key, "valueFrom": {"secretKeyRef": sel}})
+    if ref.exp.storage.endpoint_url:
+        # every boto3 client of the pod (storage, the weight fetch of models/common.py) uses the experiment's
+        # S3 endpoint (MinIO...), not AWS
+        env.append({"name": "AWS_ENDPOINT_URL", "value": ref.exp.storage.endpoint_url})
+    if ref.exp.cluster.s3_secret:
+        env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": f"{S3_CREDENTIALS_DIR}/{S3_SECRET_KEY}"})
+    env += [{"name": e.name, "value": e.value} for e in ref.exp.cluster.extra_env]
     return env
 
 
 def _volumes(ref: RunRef, res: ResourcesConfig, shm: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    # A size limit on the scratch folder, once the schema has one (`scratch` in a resources section):
-    # without it the kubelet evicts only when the node's disk runs short.
-    scratch = getattr(res, "scratch", None)
+    # Size limits on every emptyDir: past them the kubelet evicts this pod, not whatever else shares the node.
     volumes: List[Dict[str, Any]] = [
         {"name": "experiment", "configMap": {"name": ref.configmap, "items": [{"key": ref.key, "path": ref.key}]}},
-        {"name": "scratch", "emptyDir": {"sizeLimit": scratch} if scratch else {}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": res.scratch}},
     ]
     mounts: List[Dict[str, Any]] = [
         {"name": "experiment", "mountPath": EXPERIMENT_DIR, "readOnly": True},
@@ -218,8 +239,15 @@ def _volumes(ref: RunRef, res: ResourcesConfig, shm: bool) -> Tuple[List[Dict[st
     if shm:
         # NCCL and DataLoader workers need more shared memory than the runtime's 64 MiB default;
         # memory-backed, so it counts against (and is bounded by) the container's memory limit.
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    cl = ref.exp.cluster
+    if cl.s3_secret:
+        volumes.append({"name": "s3-credentials", "secret": {"secretName": cl.s3_secret, "defaultMode": 0o440,
+                                                             "items": [{"key": S3_SECRET_KEY, "path": S3_SECRET_KEY}]}})
+        mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
+    volumes += [copy.deepcopy(v) for v in cl.extra_volumes]
+    mounts += [copy.deepcopy(m) for m in cl.extra_volume_mounts]
     return volumes, mounts
 
 
@@ -240,11 +268,13 @@ def _pod_spec(ref: RunRef, stage: str, container: Dict[str, Any], res: Resources
     env = _env(ref, indexed)
 
     def make(c: Dict[str, Any], r: ResourcesConfig, *, with_secrets: bool = True) -> Dict[str, Any]:
-        out = {"name": c["name"], "image": cl.image, "imagePullPolicy": cl.image_pull_policy, "command": c["command"]}
+        out = {"name": c["name"], "image": cl.image, "imagePullPolicy": image_pull_policy(cl.image, cl.image_pull_policy),
+               "command": c["command"]}
         if "ports" in c:
             out["ports"] = c["ports"]
-        own_env = [dict(e) for e in env if with_secrets or "secretKeyRef" not in e.get("valueFrom", {})]
-        out.update({"env": copy.deepcopy(own_env), "resources": _resources(r), "volumeMounts": copy.deepcopy(mounts),
+        own_env = [dict(e) for e in env if with_secrets or e["name"] != "AWS_SHARED_CREDENTIALS_FILE"]
+        own_mounts = [m for m in mounts if with_secrets or m["name"] != "s3-credentials"]
+        out.update({"env": copy.deepcopy(own_env), "resources": _resources(r), "volumeMounts": copy.deepcopy(own_mounts),
                     "securityContext": container_security_context()})
         return out
 
@@ -259,22 +289,27 @@ def _pod_spec(ref: RunRef, stage: str, container: Dict[str, Any], res: Resources
     }
     if init is not None:
         # the init container only reads the experiment file: no storage credentials
-        spec["initContainers"] = [make(init, ResourcesConfig(cpu="500m", memory="512Mi", gpu=0), with_secrets=False)]
+        spec["initContainers"] = [make(init, ResourcesConfig(cpu="500m", memory="512Mi", gpu=0, scratch=res.scratch),
+                                       with_secrets=False)]
     if cl.service_account:
         # A cloud identity (IRSA / workload identity) attaches to the service account; its token is
         # projected by the identity webhook, independent of automountServiceAccountToken.
         spec["serviceAccountName"] = cl.service_account
-    if cl.node_selector:
-        spec["nodeSelector"] = dict(cl.node_selector)
-    if cl.tolerations:
-        spec["tolerations"] = [dict(t) for t in cl.tolerations]
+    # GPU node selector and tolerations only for pods that ask for a GPU: a CPU-only stage never waits for,
+    # or occupies, a GPU node
+    selector, tolerations = ((cl.node_selector, cl.tolerations) if _is_gpu(res)
+                             else (cl.cpu_node_selector, cl.cpu_tolerations))
+    if selector:
+        spec["nodeSelector"] = dict(selector)
+    if tolerations:
+        spec["tolerations"] = [dict(t) for t in tolerations]
     if subdomain:
         spec["subdomain"] = subdomain
     return spec
 
 
 def _job(ref: RunRef, stage: str, pod_spec: Dict[str, Any], *, completions: int, parallelism: int,
-         indexed: bool, backoff: Dict[str, int]) -> Dict[str, Any]:
+         indexed: bool, backoff: Dict[str, int], gpu: bool) -> Dict[str, Any]:
     cl = ref.exp.cluster
     name = job_name(ref.exp.name, ref.round, stage)
     labels = ref.labels(stage)
@@ -285,14 +320,16 @@ def _job(ref: RunRef, stage: str, pod_spec: Dict[str, Any], *, completions: int,
     spec.update({"completions": completions, "parallelism": min(parallelism, completions), **backoff,
                  "podFailurePolicy": _pod_failure_policy(),
                  "ttlSecondsAfterFinished": cl.ttl_seconds_after_finished})
-    if cl.queue_name:
-        # Kueue admits the Job against the team's quota by unsuspending it.
-        job_labels[KUEUE_QUEUE_LABEL] = cl.queue_name
+    queue = cl.queue_name if gpu else cl.cpu_queue_name
+    if queue:
+        # Kueue admits the Job against the team's quota by unsuspending it; CPU stages use their own queue
+        # (or none), never the GPU quota.
+        job_labels[KUEUE_QUEUE_LABEL] = queue
         spec["suspend"] = True
     spec["template"] = {"metadata": {"labels": labels, "annotations": {ANNOTATION_SHA: ref.sha}}, "spec": pod_spec}
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": ref.namespace, "labels": job_labels,
-                         "annotations": {ANNOTATION_SHA: ref.sha}},
+                         "annotations": {ANNOTATION_SHA: ref.sha, **checkov_skips(cl.image)}},
             "spec": spec}
 
 
@@ -312,7 +349,7 @@ def sharded_stage_job(ref: RunRef, stage: str) -> Dict[str, Any]:
     shards = stage_shards(ref.exp, stage)
     pod = _pod_spec(ref, stage, {"name": "stage", "command": _stage_command(ref, stage, True)}, res, indexed=True)
     return _job(ref, stage, pod, completions=shards, parallelism=ref.exp.cluster.generate_parallelism, indexed=True,
-                backoff={"backoffLimitPerIndex": ref.exp.cluster.backoff_limit_per_index})
+                backoff={"backoffLimitPerIndex": ref.exp.cluster.backoff_limit_per_index}, gpu=_is_gpu(res))
 
 
 def report_job(ref: RunRef) -> Dict[str, Any]:
@@ -321,7 +358,7 @@ def report_job(ref: RunRef) -> Dict[str, Any]:
     pod = _pod_spec(ref, "report", {"name": "stage", "command": _stage_command(ref, "report", False)}, res,
                     indexed=False)
     return _job(ref, "report", pod, completions=1, parallelism=1, indexed=False,
-                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index})
+                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index}, gpu=_is_gpu(res))
 
 
 def train_service_name(ref: RunRef) -> str:
@@ -366,7 +403,8 @@ def train_job(ref: RunRef) -> Dict[str, Any]:
     # budget of `backoff_limit_per_index` incidents of nnodes failed pods each, not a per-index budget
     # that would leave healthy indexes waiting for a peer that will never come back.
     return _job(ref, "train", pod, completions=nnodes, parallelism=nnodes, indexed=True,
-                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index * nnodes})
+                backoff={"backoffLimit": ref.exp.cluster.backoff_limit_per_index * nnodes},
+                gpu=_is_gpu(ref.exp.cluster.train))
 
 
 def stage_objects(ref: RunRef, stage: str) -> List[Dict[str, Any]]:
@@ -393,8 +431,52 @@ def experiment_configmap(ref: RunRef, text: str) -> Dict[str, Any]:
             "data": {ref.key: text}}
 
 
+def network_policy_name(experiment: str) -> str:
+    return _check_name(f"srum-{experiment}-stages", "network policy name")
+
+
+def stage_network_policy(ref: RunRef) -> Optional[Dict[str, Any]]:
+    """Egress of the experiment's stage pods (every round): DNS, S3 and the judge, nothing else; ingress only
+    for the training rendezvous between the experiment's own training pods. None when disabled."""
+    np_cfg = ref.exp.cluster.network_policy
+    if not np_cfg.enabled:
+        return None
+
+    def ports(nums: List[int]) -> List[Dict[str, Any]]:
+        return [{"port": n, "protocol": "TCP"} for n in nums]
+
+    def namespace(name: str) -> Dict[str, Any]:
+        return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+    egress: List[Dict[str, Any]] = [
+        # DNS: the cluster resolver, wherever it runs
+        {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+         "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+        {"to": [{"ipBlock": {"cidr": c}} for c in np_cfg.s3_cidrs], "ports": ports(np_cfg.s3_ports)},
+    ]
+    if np_cfg.s3_namespace:
+        egress.append({"to": [namespace(np_cfg.s3_namespace)], "ports": ports(np_cfg.s3_ports)})
+    if np_cfg.judge_namespace:
+        egress.append({"to": [namespace(np_cfg.judge_namespace)], "ports": ports(np_cfg.judge_ports)})
+    # the in-release judge (Helm chart, triton.enabled) and the training rendezvous stay in this namespace
+    egress.append({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "srum"}}}]})
+    labels = ref.labels(component="stage")
+    labels.pop(LABEL_ROUND)
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": network_policy_name(ref.exp.name), "namespace": ref.namespace, "labels": labels},
+            "spec": {"podSelector": {"matchLabels": {LABEL_EXPERIMENT: ref.exp.name, LABEL_COMPONENT: "stage"}},
+                     "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {LABEL_EXPERIMENT: ref.exp.name,
+                                                                             LABEL_STAGE: "train"}}}],
+                                  "ports": [{"port": RDZV_PORT, "protocol": "TCP"}]}],
+                     "egress": egress}}
+
+
 def all_objects(ref: RunRef, text: str, stages=STAGE_ORDER, *, with_configmap: bool = True) -> List[Dict[str, Any]]:
     out = [experiment_configmap(ref, text)] if with_configmap else []
+    policy = stage_network_policy(ref) if with_configmap else None
+    if policy is not None:
+        out.append(policy)
     for stage in stages:
         out += stage_objects(ref, stage)
     return out

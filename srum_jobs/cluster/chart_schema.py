@@ -28,6 +28,12 @@ _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _TOLERATIONS = {"type": "array", "items": {"type": "object"}}
 _NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
 _IMAGE = {"type": "string", "minLength": 1}
+_PULL = {"enum": ["", "Always", "IfNotPresent", "Never"], "description": "'' = IfNotPresent for a digest, Always for a tag"}
+_LIST_OF_OBJECTS = {"type": "array", "items": {"type": "object"}}
+_ENV = {"type": "array", "items": {"type": "object", "additionalProperties": False, "required": ["name", "value"],
+                                   "properties": {"name": {"type": "string", "minLength": 1},
+                                                  "value": {"type": "string"}}}}
+_PORTS = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535}}
 
 
 def _obj(props: Dict[str, Any], required=()) -> Dict[str, Any]:
@@ -44,7 +50,7 @@ def chart_values_schema() -> Dict[str, Any]:
         "clusterDomain": {"type": "string", "minLength": 1},
         "driver": _obj({
             "image": {"type": "string", "description": "'' = experiment.cluster.image"},
-            "imagePullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+            "imagePullPolicy": _PULL,
             "pollSeconds": {"type": "number", "exclusiveMinimum": 0},
             "stageTimeoutSeconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
             "backoffLimit": {"type": "integer", "minimum": 0},
@@ -52,6 +58,9 @@ def chart_values_schema() -> Dict[str, Any]:
             "resources": _RESOURCES,
             "nodeSelector": _STR_MAP,
             "tolerations": _TOLERATIONS,
+            "extraEnv": _ENV,
+            "extraVolumes": _LIST_OF_OBJECTS,
+            "extraVolumeMounts": _LIST_OF_OBJECTS,
         }),
         "serviceAccount": _obj({
             "annotations": {**_STR_MAP, "description": "cloud identity of the driver (IRSA, workload identity)"},
@@ -59,7 +68,7 @@ def chart_values_schema() -> Dict[str, Any]:
         "triton": _obj({
             "enabled": {"type": "boolean"},
             "image": _IMAGE,
-            "imagePullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+            "imagePullPolicy": _PULL,
             "replicas": {"type": "integer", "minimum": 1},
             "gpu": {"type": "integer", "minimum": 0},
             "resources": _RESOURCES,
@@ -70,7 +79,15 @@ def chart_values_schema() -> Dict[str, Any]:
                                                     "value": {"type": "string"}}, required=("name", "value"))},
             "nodeSelector": _STR_MAP,
             "tolerations": _TOLERATIONS,
+            "extraVolumes": _LIST_OF_OBJECTS,
+            "extraVolumeMounts": _LIST_OF_OBJECTS,
         }, required=("enabled",)),
+        "networkPolicy": _obj({
+            "enabled": {"type": "boolean"},
+            "apiServerCidrs": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "apiServerPorts": _PORTS,
+        }),
+        "monitoring": _obj({"serviceMonitor": {"type": "boolean"}}),
         "kueue": _obj({
             "createLocalQueue": {"type": "boolean"},
             "clusterQueue": {"type": "string"},

@@ -84,6 +84,10 @@ def semantic_problems(obj: Dict[str, Any]) -> List[str]:
     return out
 
 
+# AWS_* variables that name no secret (a region, an endpoint, where the mounted credentials file is)
+_AWS_NOT_SECRET = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_SHARED_CREDENTIALS_FILE")
+
+
 def pod_security_problems(spec: Dict[str, Any], *, may_use_api: bool = False) -> List[str]:
     """What a pod spec lacks of srum's rules: non-root, read-only root with writable emptyDir scratch,
     no capabilities, no privilege escalation, RuntimeDefault seccomp, no service-account token unless it
@@ -129,8 +133,7 @@ def pod_security_problems(spec: Dict[str, Any], *, may_use_api: bool = False) ->
         if not scratch or "emptyDir" not in volumes.get(scratch[0]["name"], {}):
             out.append(f"container {name}: no emptyDir mounted at /tmp (the root file system is read-only)")
         for e in c.get("env") or []:
-            if e.get("name", "").startswith("AWS_") and e.get("name") not in ("AWS_DEFAULT_REGION", "AWS_REGION") \
-                    and "value" in e:
+            if e.get("name", "").startswith("AWS_") and e.get("name") not in _AWS_NOT_SECRET and "value" in e:
                 out.append(f"container {name}: {e['name']} has a literal value instead of a secretKeyRef")
         if c.get("envFrom"):
             for src in c["envFrom"]:

@@ -6,24 +6,16 @@ Only click is imported here; the kubernetes client and the builders load inside 
 
 from __future__ import annotations
 
-import functools
-import sys
 from typing import Any, Callable, Optional, Sequence
 
 import click
 
+from ..stages.spec import STAGE_NAMES, parse_stage_list
+
 # `srum enqueue NAME` -> stages. `judge` names the step after the judge server has answered: turning the
 # shard's judgments into reward maps (the `rewards` stage); boxing and judging themselves run inside
 # `generate`, overlapped with image generation.
-ENQUEUE_TARGETS = {
-    "generate": ("generate",),
-    "judge": ("rewards",),
-    "rewards": ("rewards",),
-    "train": ("train",),
-    "eval": ("eval",),
-    "report": ("report",),
-}
-STAGE_NAMES = ("generate", "rewards", "train", "eval", "report")
+ENQUEUE_TARGETS = {**{name: (name,) for name in STAGE_NAMES}, "judge": ("rewards",)}
 
 
 def _common(fn: Callable) -> Callable:
@@ -35,46 +27,19 @@ def _common(fn: Callable) -> Callable:
     return fn
 
 
-def _load(path: str, round_: int, namespace: Optional[str], configmap: Optional[str] = None):
-    """(Experiment, RunRef, text); a bad file exits 78 like every other srum command."""
-    from .. import exitcodes
-    from ..cli import load_experiment_or_exit
+def _load(path: str, round_: int, namespace: Optional[str], configmap: Optional[str] = None,
+          stages: Sequence[str] = ()):
+    """(Experiment, RunRef, text) through the one entry path; with `stages`, also checked for them (as far
+    as a machine that is not the cluster can: names and settings). Failures leave through the root group's
+    one classification of errors (a bad file: 78)."""
+    from ..entry import check, load
     from .builders import RunRef
 
-    exp = load_experiment_or_exit(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:  # pragma: no cover - load_experiment read it a moment ago
-        click.echo(f"error: cannot read {path}: {e}", err=True)
-        sys.exit(exitcodes.CONFIG_ERROR)
-    return exp, RunRef.create(exp, text, round_, namespace, configmap, source=path), text
-
-
-def _errors(fn: Callable) -> Callable:
-    """Every failure becomes one plain sentence on stderr and the exit code a Job's podFailurePolicy reads."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .. import exitcodes
-        from ..config import ConfigError
-        from ..storage import StorageError
-        from .api import ClusterError
-        from .orchestrate import StageFailed
-
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(exitcodes.CONFIG_ERROR)
-        except (ClusterError, StageFailed) as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except StorageError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(exitcodes.TEMPORARY)
-
-    return wrapper
+    loaded = load(path)
+    if stages:
+        for warning in check(loaded.exp, stages, where="cluster", source=path):
+            click.echo(f"warning: {warning}", err=True)
+    return loaded.exp, RunRef.create(loaded.exp, loaded.text, round_, namespace, configmap, source=path), loaded.text
 
 
 def _print_yaml(objects: Sequence[dict], header: str) -> None:
@@ -100,11 +65,10 @@ def _enqueue_stages(target: str) -> Callable:
                              + (" (reward maps from the judgments)." if target == "judge" else "."))
     @_common
     @click.option("--dry-run", is_flag=True, help="Print the YAML instead of submitting it.")
-    @_errors
     def cmd(experiment: str, round_: int, namespace: Optional[str], dry_run: bool) -> None:
         from .builders import all_objects, check_cluster_ready
 
-        exp, ref, text = _load(experiment, round_, namespace)
+        exp, ref, text = _load(experiment, round_, namespace, stages=stages)
         check_cluster_ready(exp)
         objects = all_objects(ref, text, stages)
         if dry_run:
@@ -132,7 +96,6 @@ for _target in ENQUEUE_TARGETS:
 @click.option("--poll-seconds", type=click.FloatRange(min=0.01), default=15.0, show_default=True,
               help="Seconds between two looks at a running Job.")
 @click.option("--stage-timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for one stage.")
-@_errors
 def enqueue_all_command(experiment: str, round_: int, namespace: Optional[str], dry_run: bool,
                         poll_seconds: float, stage_timeout: Optional[float]) -> None:
     """Run every stage in order from here: submit one, wait for it, submit the next.
@@ -141,12 +104,12 @@ def enqueue_all_command(experiment: str, round_: int, namespace: Optional[str], 
     running; run it again to continue). To drive the round from inside the cluster instead, install the
     Helm chart (helm/srum), whose driver Job runs `srum orchestrate`.
     """
-    from .builders import STAGE_ORDER, all_objects, check_cluster_ready
+    from .builders import all_objects, check_cluster_ready
 
-    exp, ref, text = _load(experiment, round_, namespace)
+    exp, ref, text = _load(experiment, round_, namespace, stages=STAGE_NAMES)
     check_cluster_ready(exp)
     if dry_run:
-        objects = all_objects(ref, text, STAGE_ORDER)
+        objects = all_objects(ref, text, STAGE_NAMES)
         _print_yaml(objects, f"srum enqueue all: {len(objects)} objects for experiment {exp.name} round {round_} "
                              f"in namespace {ref.namespace}, submitted stage by stage in this order, each after the "
                              "previous one completes (dry run: nothing was submitted)")
@@ -156,12 +119,12 @@ def enqueue_all_command(experiment: str, round_: int, namespace: Optional[str], 
 
 def _drive(ref: Any, text: str, exp: Any, *, create_configmap: bool, poll_s: float, timeout_s: Optional[float],
            stages: Sequence[str] = STAGE_NAMES) -> None:
-    from ..storage import open_store
+    from ..entry import open_checked_store
     from .api import Cluster
     from .orchestrate import orchestrate
 
     cluster = Cluster.connect(ref.namespace)
-    orchestrate(cluster, ref, text, open_store(exp.storage), stages=stages, create_configmap=create_configmap,
+    orchestrate(cluster, ref, text, open_checked_store(exp), stages=stages, create_configmap=create_configmap,
                 poll_s=poll_s, timeout_s=timeout_s, echo=click.echo)
 
 
@@ -173,7 +136,6 @@ def _drive(ref: Any, text: str, exp: Any, *, create_configmap: bool, poll_s: flo
 @click.option("--poll-seconds", type=click.FloatRange(min=0.01), default=15.0, show_default=True,
               help="Seconds between two looks at a running Job.")
 @click.option("--stage-timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for one stage.")
-@_errors
 def orchestrate_command(experiment: str, round_: int, namespace: Optional[str], configmap: Optional[str],
                         stages: str, poll_seconds: float, stage_timeout: Optional[float]) -> None:
     """In-cluster driver: generate -> rewards -> train -> eval -> report, each stage a Job, resumable.
@@ -183,11 +145,11 @@ def orchestrate_command(experiment: str, round_: int, namespace: Optional[str], 
     """
     from .builders import check_cluster_ready
 
-    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
-    bad = [s for s in chosen if s not in STAGE_NAMES]
-    if bad or not chosen:
-        raise click.BadParameter(f"unknown stage(s) {bad}; choose from {', '.join(STAGE_NAMES)}", param_hint="--stages")
-    exp, ref, text = _load(experiment, round_, namespace, configmap)
+    try:
+        chosen = parse_stage_list(stages)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--stages") from None
+    exp, ref, text = _load(experiment, round_, namespace, configmap, stages=chosen)
     check_cluster_ready(exp)
     _drive(ref, text, exp, create_configmap=configmap is None, poll_s=poll_seconds, timeout_s=stage_timeout,
            stages=chosen)
@@ -196,7 +158,6 @@ def orchestrate_command(experiment: str, round_: int, namespace: Optional[str], 
 @click.command("status")
 @_common
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_errors
 def status_command(experiment: str, round_: int, namespace: Optional[str], as_json: bool) -> None:
     """Per-stage and per-shard progress: Job status from the cluster, completion markers from storage.
 
@@ -228,7 +189,6 @@ def status_command(experiment: str, round_: int, namespace: Optional[str], as_js
 @click.option("--index", "-i", type=click.IntRange(min=0), default=None, help="Completion index (shard / node).")
 @click.option("--tail", type=click.IntRange(min=1), default=None, help="Only the last N lines of each pod.")
 @click.option("--follow", "-f", is_flag=True, help="Stream the log (one pod: give --index).")
-@_errors
 def logs_command(stage: str, experiment: str, round_: int, namespace: Optional[str], index: Optional[int],
                  tail: Optional[int], follow: bool) -> None:
     """Logs of a stage's pods (all of them, or those of one completion index), oldest first."""
@@ -261,7 +221,6 @@ def logs_command(stage: str, experiment: str, round_: int, namespace: Optional[s
 @_common
 @click.option("--stage", type=click.Choice(STAGE_NAMES), default=None,
               help="Only this stage's Jobs (default: the driver and every stage of the round).")
-@_errors
 def cancel_command(experiment: str, round_: int, namespace: Optional[str], stage: Optional[str]) -> None:
     """Delete an experiment round's Jobs (and their pods). Work finished in storage stays; enqueue resumes."""
     from .api import Cluster

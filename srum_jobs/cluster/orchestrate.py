@@ -13,8 +13,9 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from .. import exitcodes
+from ..stages.spec import STAGE_NAMES, get as stage_spec
 from .api import Cluster, ClusterError
-from .builders import STAGE_ORDER, RunRef, experiment_configmap, job_name, stage_objects, stage_shards
+from .builders import RunRef, experiment_configmap, job_name, stage_objects
 from .ops import JobState, failed_pod_tails, job_state, submit
 
 
@@ -48,21 +49,20 @@ def wait_for_job(cluster: Cluster, name: str, *, poll_s: float, timeout_s: Optio
         sleep(poll_s)
 
 
-def orchestrate(cluster: Cluster, ref: RunRef, text: str, store: Any, *, stages: Sequence[str] = STAGE_ORDER,
+def orchestrate(cluster: Cluster, ref: RunRef, text: str, store: Any, *, stages: Sequence[str] = STAGE_NAMES,
                 create_configmap: bool = True, poll_s: float = 15.0, timeout_s: Optional[float] = None,
                 echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> None:
     """Run `stages` in order on the cluster; raises StageFailed / ClusterError / StorageError."""
     from ..storage import RunLayout
 
-    unknown = [s for s in stages if s not in STAGE_ORDER]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
+    for s in stages:
+        stage_spec(s)          # ValueError naming the stages
     layout = RunLayout(store, ref.exp.name, ref.round)
     if create_configmap:
         for r in submit(cluster, [experiment_configmap(ref, text)]):
             echo(r.line())
-    for stage in [s for s in STAGE_ORDER if s in stages]:
-        shards = stage_shards(ref.exp, stage)
+    for stage in [s for s in STAGE_NAMES if s in stages]:
+        shards = stage_spec(stage).shards(ref.exp)
         missing = sorted(set(range(shards)) - set(layout.stage_shards_done(stage)))
         if not missing:
             echo(f"{stage}: already complete in storage ({shards} shard{'s' if shards != 1 else ''}), skipped")

@@ -28,6 +28,8 @@ JUDGE_BACKENDS: Dict[str, str] = {
     "toy": "srum_jobs.models.toy.judge:ToyJudgeBackend",
     "hf": "srum_jobs.models.hf_judge:HFJudgeBackend",
     "bagel": "srum_jobs.models.bagel:BagelJudgeBackend",
+    # the toy world's rule-based benchmark, for srum_evaluator: a different model than the one trained
+    "toy_rules": "srum_jobs.models.toy.rules_evaluator:ToyRulesEvaluator",
 }
 BOXER_BACKENDS: Dict[str, str] = {
     "components": "srum_jobs.models.toy.components:ComponentsBoxer",
@@ -35,11 +37,21 @@ BOXER_BACKENDS: Dict[str, str] = {
 }
 _REGISTRIES = {"judge": (JUDGE_BACKENDS, JudgeBackend), "boxer": (BOXER_BACKENDS, BoxerBackend)}
 
+# Exceptions a registered backend raises for a request that cannot be served as sent (e.g. an instruction
+# without its `Prompt:` line): the caller gets a bad-request error (Triton INVALID_ARG, never retried), not
+# a backend failure (INTERNAL). Any backend may also list its own in a `request_errors` class attribute.
+REQUEST_ERRORS: Dict[str, Tuple[str, ...]] = {
+    JUDGE_BACKENDS["toy"]: ("srum_jobs.models.toy.judge:InstructionError",),
+}
+
 # What to install when a backend's module imports something that is not there.
 _EXTRA_HINT = "install the project's optional model dependencies: pip install 'srum-jobs[models]'"
 
-# Largest image the server decodes (pixels): a decompression bomb is a bad request, not an out-of-memory kill.
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# Largest image decoded per request (pixels) unless a model sets `max_image_pixels`: the size is read from the
+# header and a larger image is refused before any pixel is decoded, so a decompression bomb or an 8192x8192
+# image costs microseconds and a bad-request error, not seconds of boxer CPU or an out-of-memory kill.
+# 4096 x 4096 is four times the largest resolution the method generates (1024 x 1024).
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class BackendError(RuntimeError):
@@ -105,6 +117,16 @@ def load_boxer_backend(name: str, params: Optional[Mapping[str, Any]] = None) ->
     return _load("boxer", name, params or {})
 
 
+def request_error_types(backend: Any) -> Tuple[type, ...]:
+    """The exception types that mean "this request is malformed" for `backend` (see REQUEST_ERRORS)."""
+    cls = type(backend)
+    found = list(getattr(backend, "request_errors", ()) or ())
+    for target in REQUEST_ERRORS.get(f"{cls.__module__}:{cls.__qualname__}", ()):
+        module_name, class_name = target.split(":")
+        found.append(getattr(importlib.import_module(module_name), class_name))
+    return tuple(found)
+
+
 # Tensor names on the wire: the Triton models' config.pbtxt and the gRPC client both use these.
 class JudgeTensors:
     IMAGE = "IMAGE"                    # BYTES [1]: encoded PNG/JPEG
@@ -130,7 +152,7 @@ class BoxerTensors:
 # Model settings: config.pbtxt parameters + environment overrides -> backend name and params
 # ---------------------------------------------------------------------------------------------------
 # Parameters the serving side consumes itself; everything else goes to the backend's constructor.
-SERVING_KEYS = ("backend", "backend_max_batch")
+SERVING_KEYS = ("backend", "backend_max_batch", "max_image_pixels")
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,7 @@ class ModelSettings:
     backend: str
     params: Dict[str, str]
     backend_max_batch: int
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
 
 def env_prefix(model_name: str) -> str:
@@ -181,8 +204,15 @@ def model_settings(model_name: str, parameters: Mapping[str, str], *, version: s
     except ValueError:
         raise BackendError(f"model {model_name}: backend_max_batch must be a non-negative integer "
                            f"(0 = no limit), got {raw_max!r}") from None
+    raw_pixels = resolved.pop("max_image_pixels", "") or str(MAX_IMAGE_PIXELS)
+    try:
+        max_pixels = int(raw_pixels)
+        if max_pixels < 1:
+            raise ValueError
+    except ValueError:
+        raise BackendError(f"model {model_name}: max_image_pixels must be a positive integer, got {raw_pixels!r}") from None
     params = {k: v for k, v in resolved.items() if v != ""}
-    return ModelSettings(backend=backend, params=params, backend_max_batch=max_batch)
+    return ModelSettings(backend=backend, params=params, backend_max_batch=max_batch, max_image_pixels=max_pixels)
 
 
 def triton_model_settings(args: Mapping[str, str]) -> Tuple[str, str, ModelSettings]:
@@ -205,16 +235,19 @@ class _Placeholders(dict):
 # ---------------------------------------------------------------------------------------------------
 # Request validation and the batch logic
 # ---------------------------------------------------------------------------------------------------
-def decode_image(data: Any, what: str = "image") -> Any:
-    """Encoded image bytes (PNG, JPEG...) -> an RGB PIL image, or BadRequest naming `what`."""
+def decode_image(data: Any, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """Encoded image bytes (PNG, JPEG...) -> an RGB PIL image, or BadRequest naming `what`.
+
+    An image of more than `max_pixels` pixels is refused from its header, before decoding."""
     from PIL import Image
 
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise BadRequest(f"{what} is empty; send the encoded PNG/JPEG bytes")
     try:
         img = Image.open(io.BytesIO(bytes(data)))
-        if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise BadRequest(f"{what} is {img.width}x{img.height}, more than {MAX_IMAGE_PIXELS} pixels")
+        if img.width * img.height > max_pixels:
+            raise BadRequest(f"{what} is {img.width}x{img.height}, more than the {max_pixels} pixels this server "
+                             "accepts per image (model parameter max_image_pixels)")
         img.load()
     except BadRequest:
         raise
@@ -299,10 +332,20 @@ Item = TypeVar("Item")
 Result = Union[Any, BaseException]
 
 
+def _classify(error: Exception, request_errors: Tuple[type, ...]) -> Exception:
+    """A request that failed alone: its own fault (BadRequest) or the backend's (the error as it is)."""
+    if request_errors and isinstance(error, request_errors):
+        return BadRequest(f"the backend refused this request: {error}")
+    return error
+
+
 def _run_grouped(items: Sequence[Union[Item, BaseException]], key: Callable[[Item], Any],
                  call: Callable[[List[Item]], List[Any]], check: Callable[[Any], Any],
-                 max_chunk: int) -> List[Result]:
-    """Call the backend on valid items grouped by `key`, in chunks; isolate failures to their request."""
+                 max_chunk: int, request_errors: Tuple[type, ...] = ()) -> List[Result]:
+    """Call the backend on valid items grouped by `key`, in chunks; isolate failures to their request.
+
+    A request that fails alone with one of `request_errors` gets a BadRequest (its own fault), any other
+    failure stays the backend's."""
     results: List[Result] = list(items)
     groups: Dict[Any, List[int]] = {}
     for i, item in enumerate(items):
@@ -321,7 +364,7 @@ def _run_grouped(items: Sequence[Union[Item, BaseException]], key: Callable[[Ite
                     results[i] = check(out)
             except Exception as e:
                 if len(chunk) == 1:
-                    results[chunk[0]] = e
+                    results[chunk[0]] = _classify(e, request_errors)
                     continue
                 # One request may have broken the whole call: retry each alone so only it fails.
                 for i in chunk:
@@ -331,7 +374,7 @@ def _run_grouped(items: Sequence[Union[Item, BaseException]], key: Callable[[Ite
                             raise BackendError("backend returned a wrong number of results for 1 request")
                         results[i] = check(outs[0])
                     except Exception as e1:
-                        results[i] = e1
+                        results[i] = _classify(e1, request_errors)
     return results
 
 
@@ -362,14 +405,14 @@ def serve_judge_batch(backend: JudgeBackend, items: Sequence[Union[JudgeItem, Ba
     return _run_grouped(items, key=lambda it: it.params,
                         call=lambda chunk: backend.generate([it.image for it in chunk],
                                                             [it.instruction for it in chunk], chunk[0].params),
-                        check=_check_reply, max_chunk=max_chunk)
+                        check=_check_reply, max_chunk=max_chunk, request_errors=request_error_types(backend))
 
 
 def serve_boxer_batch(backend: BoxerBackend, items: Sequence[Union[BoxItem, BaseException]],
                       max_chunk: int = 0) -> List[Union[BoxProposal, BaseException]]:
     return _run_grouped(items, key=lambda it: it.options,
                         call=lambda chunk: backend.propose([it.image for it in chunk], chunk[0].options),
-                        check=_check_proposal, max_chunk=max_chunk)
+                        check=_check_proposal, max_chunk=max_chunk, request_errors=request_error_types(backend))
 
 
 # ---------------------------------------------------------------------------------------------------

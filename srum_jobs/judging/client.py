@@ -64,6 +64,27 @@ class JudgeRequestError(JudgeClientError):
         self.status = status
 
 
+KEY_HEADER = "x-srum-key"     # the judge gateway's header (judging/gateway.py)
+
+
+def team_key(cfg: Any) -> Optional[str]:
+    """The team's judge key: from `judge.key_file` (a mounted Secret) or the variable `judge.key_env`; never
+    from the experiment file itself. None when neither is set (a server without the gateway)."""
+    from pathlib import Path
+
+    if cfg.key_file:
+        try:
+            key = Path(cfg.key_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise JudgeEndpointError(f"judge.key_file {cfg.key_file}: cannot read the team key ({e.strerror})") from None
+        if not key:
+            raise JudgeEndpointError(f"judge.key_file {cfg.key_file} is empty")
+        return key
+    import os
+
+    return os.environ.get(cfg.key_env) or None
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -130,7 +151,8 @@ class TritonTransport:
                  experiment: Optional[str] = None, team: Optional[str] = None,
                  cache_store: Any = None, cache_key: Callable[[str], str] = default_cache_key,
                  resolve_every_s: float = 30.0, cooldown_s: float = 1.0, connect_timeout_s: float = 10.0,
-                 resolver: Optional[Callable[[str, int], Sequence[str]]] = None):
+                 resolver: Optional[Callable[[str, int], Sequence[str]]] = None,
+                 key: Optional[str] = None, tls: bool = False, tls_ca_file: Optional[str] = None):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if retries < 0:
@@ -152,6 +174,10 @@ class TritonTransport:
         self.cooldown_s = cooldown_s
         self.connect_timeout_s = connect_timeout_s
         self._resolver = resolver
+        # the team key travels as a header on every call (the judge gateway checks it); never logged
+        self._headers = {KEY_HEADER: key} if key else None
+        self.tls = tls or bool(tls_ca_file)
+        self.tls_ca_file = tls_ca_file
         self.stats = TransportStats()
         self._channels: Dict[str, _Channel] = {}
         self._retired: List[_Channel] = []
@@ -181,6 +207,7 @@ class TritonTransport:
             cache_store=store if cfg.cache else None)
         if cache_key is not None:
             kwargs["cache_key"] = cache_key
+        kwargs.update(key=team_key(cfg), tls=cfg.tls, tls_ca_file=cfg.tls_ca_file)
         kwargs.update(overrides)
         return cls(endpoint, **kwargs)
 
@@ -215,7 +242,12 @@ class TritonTransport:
         import tritonclient.grpc.aio as grpcclient
 
         max_msg = 2 ** 31 - 1
-        return grpcclient.InferenceServerClient(address, channel_args=[
+        tls_args = []
+        if self.tls:
+            # replicas are dialled by IP (headless Service): the certificate is checked against the host name
+            tls_args = [("grpc.ssl_target_name_override", self.host)]
+        return grpcclient.InferenceServerClient(address, ssl=self.tls, root_certificates=self.tls_ca_file,
+                                                channel_args=tls_args + [
             ("grpc.max_send_message_length", max_msg),
             ("grpc.max_receive_message_length", max_msg),
             ("grpc.keepalive_time_ms", 30000),
@@ -296,7 +328,7 @@ class TritonTransport:
                 ch = self._channels[addr]
                 left = max(0.2, deadline - time.monotonic())
                 try:
-                    if await ch.client.is_server_ready(client_timeout=left):
+                    if await ch.client.is_server_ready(headers=self._headers, client_timeout=left):
                         ready.append(ch)
                         ch.down_until = 0.0
                     else:
@@ -340,8 +372,9 @@ class TritonTransport:
         from tritonclient.utils import InferenceServerException
 
         try:
-            if await client.is_model_ready(name, version, client_timeout=self.connect_timeout_s):
-                meta = await client.get_model_metadata(name, version, client_timeout=self.connect_timeout_s)
+            if await client.is_model_ready(name, version, headers=self._headers, client_timeout=self.connect_timeout_s):
+                meta = await client.get_model_metadata(name, version, headers=self._headers,
+                                                       client_timeout=self.connect_timeout_s)
                 versions = [v for v in meta.versions if v.isdigit()]
                 if version:
                     return version
@@ -351,7 +384,8 @@ class TritonTransport:
         except InferenceServerException:
             pass
         try:
-            index = await client.get_model_repository_index(client_timeout=self.connect_timeout_s)
+            index = await client.get_model_repository_index(headers=self._headers,
+                                                            client_timeout=self.connect_timeout_s)
             served = ", ".join(f"{m.name} v{m.version or '?'} ({m.state or 'not loaded'}"
                                f"{': ' + m.reason if m.reason else ''})" for m in index.models) or "nothing"
         except InferenceServerException as e:
@@ -411,7 +445,7 @@ class TritonTransport:
                 try:
                     return await ch.client.infer(
                         model, inputs, model_version=version, outputs=requested, parameters=self.parameters or None,
-                        client_timeout=self.timeout_s, timeout=int(self.timeout_s * 1e6))
+                        headers=self._headers, client_timeout=self.timeout_s, timeout=int(self.timeout_s * 1e6))
                 except InferenceServerException as e:
                     status = _status_name(e)
                     if status not in RETRYABLE:
@@ -527,7 +561,7 @@ class TritonTransport:
     async def statistics(self, model: Optional[str] = None) -> Dict[str, Any]:
         """Triton's inference statistics (from the first address), as a dict."""
         ch = self._channels[self._order[0]]
-        return await ch.client.get_inference_statistics(model or "", as_json=True,
+        return await ch.client.get_inference_statistics(model or "", as_json=True, headers=self._headers,
                                                         client_timeout=self.connect_timeout_s)
 
 

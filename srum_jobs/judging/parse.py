@@ -23,7 +23,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 # ------------------------------------------------------------------------------------------- results
 
@@ -76,6 +76,8 @@ _THINK_OPEN = re.compile(r"<\s*think(?:ing)?\s*>", re.I)
 # Unicode minus, small/full-width hyphen-minus; full-width plus and colon.
 _CHAR_MAP = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-", "\uff0b": "+", "\uff1a": ":", "\r": "\n"})
 _EMPHASIS = re.compile(r"\*+|__+|~~")
+# Markdown escapes ("\\-0.5", "\\*", "1\\.", "\\_"): the escaped character is what the model meant.
+_MD_ESCAPE = re.compile(r"\\([-+.*_#`\[\]()!<>|])")
 
 
 def answer_text(text: Any) -> str:
@@ -92,22 +94,38 @@ def answer_text(text: Any) -> str:
         m = _THINK_OPEN.search(text)
         if m:
             text = text[:m.start()]
-    text = text.translate(_CHAR_MAP)
+    text = _MD_ESCAPE.sub(r"\1", text.translate(_CHAR_MAP))
     return _EMPHASIS.sub("", text)
 
 
 # ------------------------------------------------------------------------------------------ numbers
 
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# A number-like token is read whole or not at all: "0,8" is 0.8 (a decimal comma), never 0; "1,000",
+# "0.5.1", "0.5-0.7", "80%", "8th" are malformed and make the answer unparsed, never a prefix of it.
+_TOKEN = r"[+-]?(?:\d|[.,]\d)[\d.,]*(?:[eE][+-]?\d+)?"
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"          # a well-formed number (lookaheads)
+_PLAIN = re.compile(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?")
+_DECIMAL_COMMA = re.compile(r"([+-]?)(\d+),(\d+)")
 # After a label: optional wrappers copied from the format ([, (, `, quotes, <, _) and whitespace, which may
 # include newlines (a value on the line after its label), then the number or an explicit "no value".
-_VALUE = re.compile(r"[\s\[\(`\"'<_]*(?:(?P<num>" + _NUMBER + r")(?![\d])|(?P<na>n\s*/\s*a\b|nan\b|none\b|null\b))",
-                    re.I)
+_VALUE = re.compile(r"[\s\[\(`\"'<_]*(?:(?P<num>" + _TOKEN + r")|(?P<na>n\s*/\s*a\b|nan\b|none\b|null\b))", re.I)
+_FRACTION = re.compile(r"[^\S\n]*/[^\S\n]*(" + _TOKEN + r")")
+_RANGE = re.compile(r"[^\S\n]*(?:-|\u2013|\u2014|to\b)[^\S\n]*[+-]?\.?\d", re.I)
 _SCORE_LABEL = re.compile(r"\bscores?\b[\"']?[^\S\n]*(?:\([^)\n]{0,60}\)[^\S\n]*)?[:=]", re.I)
 # A label without a colon is only trusted at the start of a line ("**Score** 0.8" after emphasis removal).
 _SCORE_LINE_START = re.compile(r"(?im)^[^\S\n]*(?:[-+>#][^\S\n]*)?scores?[^\S\n]+(?=[\[\(`\"'<_]*" + _NUMBER + r")")
-_BARE_NUMBER = re.compile(r"^[\s\[\(`\"'<_]*(?P<num>" + _NUMBER + r")[\]\)`\"'>_]*\.?\s*$")
+_BARE_END = re.compile(r"[\]\)`\"'>_]*\s*$")
 _MAX_JSON_STARTS = 32
+
+# What reading a value found: a number, an explicit "no value" (N/A, NaN...), nothing, or a malformed number.
+NUM, NA, ABSENT, MALFORMED = "number", "na", "absent", "malformed"
+
+
+@dataclass(frozen=True)
+class NumberRead:
+    status: str                     # NUM | NA | ABSENT | MALFORMED
+    value: Optional[float] = None   # finite, when status is NUM
+    end: int = 0                    # where the read stopped in the text
 
 
 def _finite(x: float) -> Optional[float]:
@@ -122,31 +140,78 @@ def _clamp(x: float) -> Tuple[float, bool]:
     return x, False
 
 
-def _number_at(text: str, pos: int) -> Optional[float]:
-    """The number right after position `pos` (a label's end), or None (no number, or N/A / NaN)."""
+def _token_value(tok: str) -> Optional[float]:
+    """A number-like token as a float, or None when it is not one number (the token is read whole)."""
+    core = tok[:-1] if tok.endswith((".", ",")) and len(tok) > 1 and tok[-2].isdigit() else tok   # "0.6." ends a sentence
+    if _PLAIN.fullmatch(core):
+        try:
+            return _finite(float(core))
+        except (ValueError, OverflowError):
+            return None
+    m = _DECIMAL_COMMA.fullmatch(core)
+    # a decimal comma ("0,8", "-0,5", "72,5"); "1,000" or "12,345" may be a thousands separator: ambiguous
+    if m and (len(m.group(3)) != 3 or m.group(2) == "0"):
+        return _finite(float(f"{m.group(1)}{m.group(2)}.{m.group(3)}"))
+    return None
+
+
+def read_number(text: str, pos: int = 0) -> NumberRead:
+    """The value right after position `pos` (a label's end), read whole.
+
+    A fraction "8/10" is read as 0.8; a percentage, a range ("0.5-0.7", "3 to 4"), a second decimal point,
+    an ambiguous comma or a letter glued to the digits ("8th") is MALFORMED, never its leading part."""
     m = _VALUE.match(text, pos)
-    if not m or m.group("num") is None:
-        return None
-    try:
-        return _finite(float(m.group("num")))
-    except (ValueError, OverflowError):
-        return None
+    if not m:
+        return NumberRead(ABSENT, None, pos)
+    if m.group("num") is None:
+        return NumberRead(NA, None, m.end())
+    end = m.end()
+    value = _token_value(m.group("num"))
+    if value is None:
+        return NumberRead(MALFORMED, None, end)
+    frac = _FRACTION.match(text, end)
+    if frac:
+        den = _token_value(frac.group(1))
+        if den is None or den <= 0:
+            return NumberRead(MALFORMED, None, frac.end())
+        return NumberRead(NUM, value / den, frac.end())
+    nxt = text[end:end + 1]
+    if nxt == "%" or nxt.isalpha() or nxt == "_" or _RANGE.match(text, end):
+        return NumberRead(MALFORMED, None, end)
+    return NumberRead(NUM, value, end)
 
 
-def _labelled_score(text: str) -> Optional[float]:
-    """The value of the last `Score:` label that carries a number (a model that corrects itself, or
-    echoes the format before answering, ends with its real answer)."""
-    found: Optional[float] = None
-    for m in _SCORE_LABEL.finditer(text):
-        v = _number_at(text, m.end())
-        if v is not None:
-            found = v
-    if found is None:
-        for m in _SCORE_LINE_START.finditer(text):
-            v = _number_at(text, m.end())
-            if v is not None:
-                found = v
+def _number_at(text: str, pos: int) -> Optional[float]:
+    """The number right after position `pos`, or None (no number, N/A, NaN or a malformed number)."""
+    r = read_number(text, pos)
+    return r.value if r.status == NUM else None
+
+
+def labelled_number(text: str, label: "re.Pattern[str]") -> NumberRead:
+    """The value of the last `label` that carries one (a model that corrects itself, or echoes the format
+    before answering, ends with its real answer). A malformed last value makes the whole read MALFORMED:
+    an earlier value the model went on to replace is not its answer."""
+    found = NumberRead(ABSENT)
+    for m in label.finditer(text):
+        r = read_number(text, m.end())
+        if r.status in (NUM, MALFORMED):
+            found = r
     return found
+
+
+def _labelled_score(text: str) -> NumberRead:
+    found = labelled_number(text, _SCORE_LABEL)
+    if found.status == ABSENT:
+        found = labelled_number(text, _SCORE_LINE_START)
+    return found
+
+
+def bare_number(body: str) -> NumberRead:
+    """The whole answer is one number (wrappers and a closing period allowed)."""
+    r = read_number(body, 0)
+    if r.status == NUM and not _BARE_END.match(body, r.end):
+        return NumberRead(ABSENT)
+    return r
 
 
 def _json_values(text: str) -> Iterator[Any]:
@@ -278,17 +343,12 @@ def _parse_score_text(body: str) -> ScoreParse:
                 return ScoreParse(parsed=True, score=score, clamped=clamped,
                                   reason=_json_text(_key(obj, "reason", "reasoning", "explanation"), _REASON_STRIP))
     reason = _reason(body)
-    value = _labelled_score(body)
-    if value is None:
-        m = _BARE_NUMBER.match(body)
-        if m:
-            try:
-                value = _finite(float(m.group("num")))
-            except (ValueError, OverflowError):
-                value = None
-    if value is None:
+    read = _labelled_score(body)
+    if read.status == ABSENT:
+        read = bare_number(body)
+    if read.status != NUM or read.value is None:
         return ScoreParse(parsed=False, score=None, reason=reason)
-    score, clamped = _clamp(value)
+    score, clamped = _clamp(read.value)
     return ScoreParse(parsed=True, score=score, reason=reason, clamped=clamped)
 
 
@@ -324,10 +384,10 @@ def _headers(body: str) -> List[Tuple[int, int, int]]:
 
 
 def _block_result(block: str) -> Optional[RegionParse]:
-    value = _labelled_score(block)
-    if value is None:
+    read = _labelled_score(block)
+    if read.status != NUM or read.value is None:
         return None
-    score, clamped = _clamp(value)
+    score, clamped = _clamp(read.value)
     return RegionParse(score=score, object=_object(block), reason=_reason(block), clamped=clamped)
 
 
@@ -404,7 +464,9 @@ def _parse_regions_body(body: str, n: int) -> Dict[int, RegionParse]:
 
 # ------------------------------------------------------------------------------------------- verify
 
-_ANSWER = re.compile(r"\banswer\b[\"']?[^\S\n]*[:=][\s\[\(`\"'<_]*(yes|no|true|false|y|n)\b", re.I)
+# "Answer: <yes or no>" echoed from the format is not an answer (the lookahead skips "yes or no", "yes/no").
+_ANSWER = re.compile(r"\banswer\b[\"']?[^\S\n]*[:=][\s\[\(`\"'<_]*(yes|no|true|false|y|n)\b"
+                     r"(?![^\S\n]*(?:or|/)[^\S\n]*(?:yes|no)\b)", re.I)
 _LEADING_YES_NO = re.compile(r"^[\s\[\(`\"'<_]*(yes|no)\b", re.I)
 _YES = {"yes", "true", "y"}
 _YES_NO = _YES | {"no", "false", "n"}
@@ -434,6 +496,131 @@ def parse_verify(text: Any) -> VerifyParse:
         return VerifyParse(parsed=True, answer=word.lower() in _YES, object=_object(body))
     except Exception:  # noqa: BLE001 - never raise on any text
         return VerifyParse(parsed=False, answer=None)
+
+
+# ------------------------------------------------------------------------- evaluator answer primitives
+# Short answers evaluator protocols ask for (srum_jobs/evaluation/): yes/no, a count, an option letter,
+# and labelled numbers. Each is read whole or reported unparsed, never guessed.
+
+
+@dataclass(frozen=True)
+class AnswerParse:
+    parsed: bool
+    value: Any = None               # bool (yes/no), int (count), str (option letter)
+
+
+def _json_dicts(body: str) -> Iterator[Dict[str, Any]]:
+    return (obj for obj in _json_values(body) if isinstance(obj, dict))
+
+
+_WORD_YES_NO = re.compile(r"\b(yes|no)\b", re.I)
+_HEDGE = re.compile(r"^\W*(?:yes|no)\W+(?:and|or)\W+(?:yes|no)\b", re.I)
+
+
+def parse_yes_no(text: Any) -> AnswerParse:
+    """`Answer: yes|no`, a JSON {"answer": ...}, an answer that starts with yes/no, or one that says only
+    one of the two words. Both words without a label ("yes ... no") is ambiguous: not parsed."""
+    try:
+        body = answer_text(text)
+        for obj in _json_dicts(body):
+            v = _key(obj, "answer", "verified", "match")
+            if isinstance(v, bool):
+                return AnswerParse(True, v)
+            if isinstance(v, str) and v.strip().lower().strip(".!") in _YES_NO:
+                return AnswerParse(True, v.strip().lower().strip(".!") in _YES)
+        ms = list(_ANSWER.finditer(body))
+        if ms:
+            return AnswerParse(True, ms[-1].group(1).lower() in _YES)
+        if _HEDGE.match(body):
+            return AnswerParse(False, None)      # "yes and no", "yes or no"
+        m = _LEADING_YES_NO.match(body)
+        if m:
+            return AnswerParse(True, m.group(1).lower() in _YES)
+        words = {w.lower() for w in _WORD_YES_NO.findall(body)}
+        if len(words) == 1:
+            return AnswerParse(True, words.pop() == "yes")
+    except Exception:  # noqa: BLE001 - never raise on any text
+        pass
+    return AnswerParse(False, None)
+
+
+NUMBER_WORDS = {w: i for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                                            "nine", "ten", "eleven", "twelve"))}
+NUMBER_WORDS.update(none=0, no=0, a=1, an=1, single=1)
+_COUNT_LABEL = re.compile(r"\b(?:answer|count|number|total)\b[\"']?[^\S\n]*[:=]", re.I)
+_COUNT_WORD = re.compile(r"\b(" + "|".join(w for w in NUMBER_WORDS if len(w) > 2) + r")\b", re.I)
+_ANY_TOKEN = re.compile(_TOKEN)
+
+
+def _count_value(read: NumberRead) -> Optional[int]:
+    if read.status != NUM or read.value is None or read.value < 0 or read.value != int(read.value):
+        return None
+    return int(read.value)
+
+
+def parse_count(text: Any) -> AnswerParse:
+    """How many: `Answer: 3`, JSON {"count": 3}, a bare "3", or a sentence with exactly one count in it
+    ("There are two clocks."). "2.5", "2 or 3", "2-3" are not parsed."""
+    try:
+        body = answer_text(text)
+        for obj in _json_dicts(body):
+            v = _key(obj, "count", "answer", "number")
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, int):
+                return AnswerParse(v >= 0, v if v >= 0 else None)
+            if isinstance(v, str):
+                word = v.strip().lower().strip(".")
+                if word in NUMBER_WORDS:
+                    return AnswerParse(True, NUMBER_WORDS[word])
+                c = _count_value(bare_number(v))
+                return AnswerParse(c is not None, c)
+        read = labelled_number(body, _COUNT_LABEL)
+        if read.status in (NUM, MALFORMED):
+            c = _count_value(read)
+            return AnswerParse(c is not None, c)
+        found = set()
+        for m in _ANY_TOKEN.finditer(body):
+            r = read_number(body, m.start())
+            c = _count_value(r)
+            if c is None:
+                return AnswerParse(False, None)     # "2.5", "80%", "2-3": not one count
+            found.add(c)
+        found |= {NUMBER_WORDS[w.lower()] for w in _COUNT_WORD.findall(body)}
+        if len(found) == 1:
+            return AnswerParse(True, found.pop())
+    except Exception:  # noqa: BLE001 - never raise on any text
+        pass
+    return AnswerParse(False, None)
+
+
+_CHOICE_LABEL = re.compile(r"\b(?:answer|option|choice)\b[\"']?[^\S\n]*(?:is[^\S\n]*)?[:=]?[^\S\n]*[\(\[]?([A-Za-z])\b(?![''])",
+                           re.I)
+# A standalone capital letter; a capital "A" followed by a lower-case word is the article ("A red circle").
+_CHOICE_LETTER = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])")
+_ARTICLE_A = re.compile(r"A[^\S\n]+(?!or\b|and\b)[a-z]")
+
+
+def parse_choice(text: Any, letters: Sequence[str]) -> AnswerParse:
+    """A multiple-choice answer among `letters` ("A", "B", ...): `Answer: B`, "(B)", "B. red", "B", JSON
+    {"answer": "B"}. Two different offered letters without a label: not parsed."""
+    offered = {str(x).upper() for x in letters}
+    try:
+        body = answer_text(text).strip()
+        for obj in _json_dicts(body):
+            v = _key(obj, "answer", "choice", "option")
+            if isinstance(v, str) and v.strip().strip("().").upper() in offered:
+                return AnswerParse(True, v.strip().strip("().").upper())
+        labelled = [m.group(1).upper() for m in _CHOICE_LABEL.finditer(body) if m.group(1).upper() in offered]
+        if labelled:
+            return AnswerParse(True, labelled[-1])
+        letters_seen = {m.group(1) for m in _CHOICE_LETTER.finditer(body) if m.group(1) in offered
+                        and not (m.group(1) == "A" and _ARTICLE_A.match(body, m.start()))}
+        if len(letters_seen) == 1:
+            return AnswerParse(True, letters_seen.pop())
+    except Exception:  # noqa: BLE001 - never raise on any text
+        pass
+    return AnswerParse(False, None)
 
 
 # --------------------------------------------------------------------------------------------- JSON

@@ -2,7 +2,8 @@
 
     srum judge parse --kind global                  < output.txt
     srum judge parse --kind regions --regions N     < output.txt
-    srum judge parse --jsonl FILE                   (lines {"kind": "global"|"regions", "regions": N, "text": ...})
+    srum judge parse --kind compbench|wise|yesno|count < output.txt   (evaluator protocols, srum_jobs/evaluation/)
+    srum judge parse --jsonl FILE                   (lines {"kind": ..., "regions": N, "text": ...})
 
 Only click is imported at module level (the CLI root must stay fast); the parser itself is standard
 library only, so the JSONL mode never imports torch or numpy.
@@ -19,12 +20,27 @@ def _dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+EVALUATOR_KINDS = ("compbench", "wise", "yesno", "count")
+KINDS = ("global", "regions") + EVALUATOR_KINDS
+
+
 def _result(kind: str, text: str, regions) -> dict:
     from . import parse
 
     if kind == "global":
         return parse.global_to_json(parse.parse_global(text))
-    return parse.regions_to_json(parse.parse_regions(text, regions))
+    if kind == "regions":
+        return parse.regions_to_json(parse.parse_regions(text, regions))
+    if kind == "compbench":
+        from ..evaluation.compbench import parse_compbench as fn
+    elif kind == "wise":
+        from ..evaluation.wise import parse_wise as fn
+    elif kind == "yesno":
+        fn = parse.parse_yes_no
+    else:
+        fn = parse.parse_count
+    r = fn(text)
+    return {"parsed": r.parsed, "value": r.value}
 
 
 def _jsonl_line(line: str, lineno: int, source: str) -> dict:
@@ -41,8 +57,8 @@ def _jsonl_line(line: str, lineno: int, source: str) -> dict:
     if not isinstance(item, dict):
         raise ValueError(f"{where}: each line must be a JSON object")
     kind = item.get("kind")
-    if kind not in ("global", "regions"):
-        raise ValueError(f"{where}: field 'kind' must be \"global\" or \"regions\", got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"{where}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     text = item.get("text")
     if not isinstance(text, str):
         raise ValueError(f"{where}: field 'text' must be a string")
@@ -57,8 +73,9 @@ def _jsonl_line(line: str, lineno: int, source: str) -> dict:
 
 
 @click.command("parse")
-@click.option("--kind", type=click.Choice(["global", "regions"]), default=None,
-              help="parse one judge output read from stdin")
+@click.option("--kind", type=click.Choice(list(KINDS)), default=None,
+              help="parse one judge output (global, regions) or evaluator answer (compbench, wise, yesno, count) "
+                   "read from stdin")
 # 4096 = parse.MAX_REGIONS, written out because only click may be imported at module level here
 @click.option("--regions", "n_regions", type=click.IntRange(min=1, max=4096), default=None,
               help="number of regions asked for (with --kind regions)")
@@ -75,7 +92,7 @@ def parse_command(kind, n_regions, jsonl_file):
     if kind is not None:
         if kind == "regions" and n_regions is None:
             raise click.UsageError("--kind regions needs --regions N (how many regions were asked for)")
-        if kind == "global" and n_regions is not None:
+        if kind != "regions" and n_regions is not None:
             raise click.UsageError("--regions only applies to --kind regions")
         import sys
 

@@ -4,7 +4,9 @@ For one candidate:
   1. boxes from the boxer (`transport.propose_boxes`);
   2. drop unusable boxes (non-finite, inverted, empty after clamping, smaller than reward.min_region_area),
      keep the largest reward.max_regions by area;
-  3. optional box verification (judge.verify_boxes, the paper's step): one `verify` question per kept box,
+  3. optional box verification (judge.verify_boxes, the paper's step): one `verify` question per box, over
+     the largest max(reward.max_regions, judge.verify_candidates) boxes; the largest reward.max_regions
+     confirmed ones are kept,
      a box the judge says shows no prompt object is dropped (an unreadable verification keeps the box:
      a confused verifier must not erase signal); with reward.score_unverified it is kept, judged like the
      others and recorded with verified=false, so artefacts (specks, stray objects) get their (negative)
@@ -167,16 +169,18 @@ async def judge_candidate(transport: JudgeTransport, image_png: bytes, prompt: P
 
     selected: List[SelectedBox] = []
     n_proposed = 0
+    # with verification, the judge may see more candidate boxes (judge.verify_candidates) than are kept
+    n_candidates = max(reward.max_regions, judge.verify_candidates) if judge.verify_boxes else reward.max_regions
     if reward.max_regions > 0:
-        options = BoxOptions(max_regions=reward.max_regions, min_area=reward.min_region_area)
+        options = BoxOptions(max_regions=n_candidates, min_area=reward.min_region_area)
         proposal = await _limited(limiter, transport.propose_boxes, image_png, options)
         n_proposed = int(np.asarray(proposal.boxes).reshape(-1, 4).shape[0])
-        selected = select_boxes(proposal, width, height, reward.max_regions, reward.min_region_area)
+        selected = select_boxes(proposal, width, height, n_candidates, reward.min_region_area)
     kept: List[Tuple[SelectedBox, Optional[str], Optional[bool]]]
     if judge.verify_boxes and selected:
         checked = await _verify(transport, image_png, prompt.text, selected, width, height, tpl, params, attempts,
                                 limiter)
-        kept = [k for k in checked if k[2] or reward.score_unverified]
+        kept = [k for k in checked if k[2] or reward.score_unverified][:reward.max_regions]
     else:
         kept = [(b, None, None) for b in selected]
 

@@ -37,15 +37,23 @@ def _pairs(values: Tuple[str, ...], option: str) -> Dict[str, str]:
 @click.option("--evaluator", default=None, help="also serve srum_evaluator with this judge backend")
 @click.option("--evaluator-param", "evaluator_params", multiple=True, metavar="KEY=VALUE",
               help="evaluator parameter (repeatable)")
-@click.option("--instances", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="model instances per model (CPU)")
+@click.option("--instances", type=click.IntRange(1, 64), default=None,
+              help="model instances per model (CPU; default: the count in triton_models/, 2)")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="where the generated repository and tritonserver.log go (default: a new temporary directory)")
 @click.option("--startup-timeout", type=click.FloatRange(1, None), default=300.0, show_default=True)
+@click.option("--keys-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="serve gRPC through the judge gateway: team keys (JSON of SHA-256 hashes), per-team limits and "
+                   "metrics; Triton's own gRPC port then stays on loopback")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="gateway TLS certificate")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="its private key")
+@click.option("--gateway-metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="the gateway's per-team metrics (0 = a free port)")
 def serve_command(grpc_port: int, http_port: int, metrics_port: int, host: str, model_repository: Optional[str],
                   as_is: bool, backend: str, judge_params: Tuple[str, ...], boxer: str, boxer_params: Tuple[str, ...],
-                  evaluator: Optional[str], evaluator_params: Tuple[str, ...], instances: int,
-                  run_dir: Optional[str], startup_timeout: float) -> None:
+                  evaluator: Optional[str], evaluator_params: Tuple[str, ...], instances: Optional[int],
+                  run_dir: Optional[str], startup_timeout: float, keys_file: Optional[str], tls_cert: Optional[str],
+                  tls_key: Optional[str], gateway_metrics_port: int) -> None:
     """Start a local Triton judge server (the real tritonserver) and keep it up until Ctrl-C / SIGTERM.
 
     Clients cannot load or unload models on it (model control mode `none`)."""
@@ -56,6 +64,19 @@ def serve_command(grpc_port: int, http_port: int, metrics_port: int, host: str, 
 
     if as_is and not model_repository:
         raise click.UsageError("--as-is needs --model-repository")
+    if (tls_cert or tls_key) and not keys_file:
+        raise click.UsageError("--tls-cert/--tls-key are the gateway's: they need --keys-file")
+    gateway = None
+    public_grpc = grpc_port
+    if keys_file:
+        from .gateway import GatewayConfigError, JudgeGateway, load_keys
+
+        try:
+            gateway = JudgeGateway("pending", load_keys(keys_file), tls_cert=tls_cert, tls_key=tls_key,
+                                   listen=f"{host}:{grpc_port}", metrics_port=gateway_metrics_port, metrics_host=host)
+        except GatewayConfigError as e:
+            raise click.ClickException(str(e)) from None
+        grpc_port = 0          # Triton's own gRPC: a free loopback port behind the gateway
     if as_is:
         server = LocalTritonServer(model_repository=model_repository, run_dir=run_dir, host=host,
                                    grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
@@ -79,15 +100,27 @@ def serve_command(grpc_port: int, http_port: int, metrics_port: int, host: str, 
             # still waiting for readiness: interrupt the wait; `finally` stops the half-started server
             raise KeyboardInterrupt
 
+    gateway_thread = None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             server.start()
         except TritonServerError as e:
             raise click.ClickException(str(e)) from None
+        if gateway is not None:
+            gateway.upstream = server.grpc_url
+            try:
+                gateway_thread = gateway.run_in_thread()
+            except Exception as e:  # noqa: BLE001 - a port in use, unreadable TLS files: one clear line
+                raise click.ClickException(f"judge gateway on {host}:{public_grpc}: {e}") from None
         started.set()
         click.echo(f"srum judge server ready (pid {server.proc.pid})")
-        click.echo(f"  grpc     {server.grpc_url}")
+        if gateway_thread is not None:
+            click.echo(f"  grpc     {server._host_for_url}:{gateway.port} (gateway: team keys"
+                       f"{', TLS' if tls_cert else ''}; teams {', '.join(sorted(gateway.teams))})")
+            click.echo(f"  gateway metrics http://{server._host_for_url}:{gateway.metrics_port}/metrics")
+        else:
+            click.echo(f"  grpc     {server.grpc_url}")
         click.echo(f"  http     {server.http_url}")
         click.echo(f"  metrics  {server.metrics_url}")
         click.echo(f"  models   {', '.join(server.served_models())}")
@@ -103,6 +136,11 @@ def serve_command(grpc_port: int, http_port: int, metrics_port: int, host: str, 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if gateway_thread is not None:
+            try:
+                gateway_thread.stop()
+            except Exception:  # noqa: BLE001 - stopping the server below matters more
+                pass
         server.stop()
     if received:
         click.echo(f"stopped on {signal.Signals(received[0]).name}", err=True)

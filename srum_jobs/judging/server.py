@@ -69,6 +69,14 @@ class TritonStartError(TritonServerError):
         self.triton_errors = list(triton_errors)
 
 
+class TritonPortInUse(TritonStartError):
+    """A port chosen for the server is taken by another process."""
+
+    def __init__(self, message: str, port: int, kind: str):
+        super().__init__(message)
+        self.port, self.kind = port, kind
+
+
 # ---------------------------------------------------------------------------------------------------
 # The installed binary
 # ---------------------------------------------------------------------------------------------------
@@ -161,9 +169,11 @@ class ModelSpec:
 
     backend: str
     params: Dict[str, str] = field(default_factory=dict)
-    instances: int = 1
+    instances: Optional[int] = None                # None = the source config's count (see triton_models/)
     max_batch_size: Optional[int] = None           # None = keep the source config's
     max_queue_delay_us: Optional[int] = None        # None = keep the source config's
+    preferred_batch_sizes: Optional[List[int]] = None  # None = keep the source config's; [] = none
+    dynamic_batching: bool = True                   # False: no dynamic batcher (each request scheduled alone)
 
 
 def local_models(judge_backend: str = "toy", judge_params: Optional[Mapping[str, str]] = None,
@@ -204,10 +214,11 @@ def localize_config(config, spec: ModelSpec):
 
     local = model_config_pb2.ModelConfig()
     local.CopyFrom(config)
+    source_count = sum(g.count for g in config.instance_group) or 1
     del local.instance_group[:]
     group = local.instance_group.add()
     group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
-    group.count = spec.instances
+    group.count = spec.instances if spec.instances is not None else source_count
     kept = {k: local.parameters[k].string_value for k in _KEPT_PARAMETERS if k in local.parameters}
     local.parameters.clear()
     for key, value in {**kept, **spec.params, "backend": spec.backend}.items():
@@ -216,6 +227,11 @@ def localize_config(config, spec: ModelSpec):
         local.max_batch_size = spec.max_batch_size
     if spec.max_queue_delay_us is not None:
         local.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
+    if spec.preferred_batch_sizes is not None:
+        del local.dynamic_batching.preferred_batch_size[:]
+        local.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
+    if not spec.dynamic_batching:
+        local.ClearField("dynamic_batching")
     return local
 
 
@@ -232,7 +248,7 @@ def generate_repository(dest: Path, models: Mapping[str, ModelSpec], source: Opt
         if not (src / "config.pbtxt").is_file():
             have = sorted(p.name for p in source.iterdir() if (p / "config.pbtxt").is_file())
             raise TritonServerError(f"model {name!r} is not in the repository {source} (it has: {', '.join(have)})")
-        if spec.instances < 1:
+        if spec.instances is not None and spec.instances < 1:
             raise TritonServerError(f"model {name}: instances must be >= 1, got {spec.instances}")
         config = localize_config(read_model_config(src / "config.pbtxt"), spec)
         out = dest / name
@@ -453,6 +469,7 @@ class LocalTritonServer:
         if self.is_running():
             return self
         self.prepare()
+        self._check_chosen_ports_free()
         attempts = 3 if self._auto_ports else 1
         for attempt in range(attempts):
             for k in self._auto_ports:
@@ -468,6 +485,27 @@ class LocalTritonServer:
                 if attempt + 1 < attempts and any("already in use" in m for m in e.triton_errors + [str(e)]):
                     continue
                 raise
+
+    def _check_chosen_ports_free(self) -> None:
+        """A port the caller chose must be free before tritonserver starts: gRPC servers bind with
+        SO_REUSEPORT, so a second server can share a port with the first and the readiness probe would be
+        answered by a server this object does not own. The probe binds without SO_REUSEPORT, which fails
+        while anyone listens there (checked at listen(): Linux may accept the bind itself)."""
+        for kind in ("grpc", "http", "metrics"):
+            port = self.ports[kind]
+            if kind in self._auto_ports or not port:
+                continue
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as s:
+                # SO_REUSEADDR: connections of a stopped server lingering in TIME_WAIT do not count
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((self.host, port))
+                    s.listen(1)
+                except OSError as e:
+                    raise TritonPortInUse(
+                        f"the {kind} port {self.host}:{port} is already in use ({e.strerror}); another server "
+                        f"(perhaps another `srum judge serve`) listens there. Stop it, or choose another "
+                        f"--{kind}-port (0 picks a free one)", port=port, kind=kind) from None
 
     def _launch(self) -> None:
         assert self.install is not None

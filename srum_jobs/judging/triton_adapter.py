@@ -52,9 +52,11 @@ class ServedModel:
     def initialize(self, args):
         self.model, self.version, settings = backends.triton_model_settings(args)
         self.max_chunk = settings.backend_max_batch
+        self.max_image_pixels = settings.max_image_pixels
         self.backend = self.load(settings.backend, settings.params)
         self.pb.Logger.log_info(f"{self.model} v{self.version}: {self.kind} backend {settings.backend!r}, "
-                                f"params {sorted(settings.params)}, backend_max_batch {self.max_chunk}")
+                                f"params {sorted(settings.params)}, backend_max_batch {self.max_chunk}, "
+                                f"max_image_pixels {self.max_image_pixels}")
 
     def _safe_item(self, request: Any) -> Any:
         try:
@@ -91,7 +93,8 @@ class JudgeModel(ServedModel):
     def item(self, request):
         T, d = JudgeTensors, self._defaults
         return JudgeItem(
-            image=backends.decode_image(self.single(request, T.IMAGE), what=f"input {T.IMAGE}"),
+            image=backends.decode_image(self.single(request, T.IMAGE), what=f"input {T.IMAGE}",
+                                        max_pixels=self.max_image_pixels),
             instruction=backends.decode_text(self.single(request, T.INSTRUCTION), what=f"input {T.INSTRUCTION}"),
             params=backends.check_judge_params(int(self.single(request, T.MAX_NEW_TOKENS, d.max_new_tokens)),
                                                float(self.single(request, T.TEMPERATURE, d.temperature)),
@@ -117,7 +120,8 @@ class BoxerModel(ServedModel):
     def item(self, request):
         T, d = BoxerTensors, self._defaults
         return BoxItem(
-            image=backends.decode_image(self.single(request, T.IMAGE), what=f"input {T.IMAGE}"),
+            image=backends.decode_image(self.single(request, T.IMAGE), what=f"input {T.IMAGE}",
+                                        max_pixels=self.max_image_pixels),
             options=backends.check_box_options(int(self.single(request, T.POINTS_PER_SIDE, d.points_per_side)),
                                                int(self.single(request, T.MAX_REGIONS, d.max_regions)),
                                                float(self.single(request, T.MIN_AREA, d.min_area))))

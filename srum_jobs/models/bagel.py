@@ -684,8 +684,6 @@ class BagelModel:
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, think: bool = False, steps: int = 20,
                  guidance: float = 2.0, resolution: Optional[int] = None) -> List[GeneratedImage]:
-        from PIL import Image
-
         if len(prompts) != len(seeds):
             raise ValueError(f"{WHAT}: {len(prompts)} prompts but {len(seeds)} seeds")
         if steps < 1:
@@ -731,11 +729,51 @@ class BagelModel:
                         v_g = v_g * scale.repeat_interleave(nt)[:, None]
                     v = v_g
                 x = x - v * dt                              # t runs from noise (1) to data (0)
-            lat = x.reshape(b, gh, gw, self.p, self.p, self.latent_channels).permute(0, 5, 1, 3, 2, 4)
-            pixels = self.vae.decode(lat.reshape(b, self.latent_channels, gh * self.p, gw * self.p).float())
+            images = self._decode(x, b, gh, gw)
+        return [GeneratedImage(image=img, seed=int(s), think_text=th) for img, s, th in zip(images, seeds, thoughts)]
+
+    def _decode(self, x: torch.Tensor, b: int, gh: int, gw: int) -> List[Any]:
+        """Packed latent tokens (B N, p p C) -> images."""
+        from PIL import Image
+
+        lat = x.reshape(b, gh, gw, self.p, self.p, self.latent_channels).permute(0, 5, 1, 3, 2, 4)
+        pixels = self.vae.decode(lat.reshape(b, self.latent_channels, gh * self.p, gw * self.p).float())
         arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [GeneratedImage(image=Image.fromarray(a), seed=int(s), think_text=th)
-                for a, s, th in zip(arr, seeds, thoughts)]
+        return [Image.fromarray(a) for a in arr]
+
+    def predicted_x0(self, prompts: Sequence[str], seeds: Sequence[int], *, steps: int = 20, guidance: float = 2.0,
+                     at_steps: Sequence[int] = (), resolution: Optional[int] = None,
+                     think: bool = False) -> Dict[int, List[Any]]:
+        """The image the sampler predicts at sampling steps `at_steps` (1-based; step `steps` is the generated
+        image): x0 = x_t - t v, v the step's guided velocity read from consecutive latents of the `generate`
+        loop (each step's first velocity call records its latents and time), decoded by the VAE."""
+        bad = [k for k in at_steps if not 1 <= int(k) <= steps]
+        if bad:
+            raise ValueError(f"{WHAT}: sampling steps {bad} are outside 1..{steps}")
+        states: List[Tuple[torch.Tensor, float]] = []
+        velocity = self._velocity
+
+        def recording(ctx: Any, x: torch.Tensor, t: float, gh: int, gw: int) -> torch.Tensor:
+            if not states or states[-1][1] != t:        # the conditional call comes first at each step
+                states.append((x.detach().clone(), float(t)))
+            return velocity(ctx, x, t, gh, gw)
+
+        self._velocity = recording                       # type: ignore[method-assign]
+        try:
+            final = self.generate(prompts, seeds, think=think, steps=steps, guidance=guidance, resolution=resolution)
+        finally:
+            del self._velocity                           # back to the class's method
+        res = int(resolution or self.default_resolution)
+        gh, gw = self._grid(res, res)
+        out: Dict[int, List[Any]] = {}
+        with self._inference():
+            for k in sorted({int(k) for k in at_steps}):
+                if k == steps:
+                    out[k] = [g.image for g in final]
+                    continue
+                (x_k, t_k), (x_n, t_n) = states[k - 1], states[k]
+                out[k] = self._decode(x_k - t_k * (x_n - x_k) / (t_n - t_k), len(prompts), gh, gw)
+        return out
 
     def understand(self, images: Sequence[Any], instructions: Sequence[str], *, max_new_tokens: int = 256,
                    temperature: float = 0.0, think: bool = False,

@@ -58,6 +58,26 @@ class UnifiedModel(Protocol):
         ...
 
 
+@runtime_checkable
+class PerStepModel(Protocol):
+    """Optional, for the per-step analysis (evaluation/analyses.py, the paper's Fig. 4)."""
+
+    def predicted_x0(self, prompts: Sequence[str], seeds: Sequence[int], *, steps: int = 20, guidance: float = 2.0,
+                     at_steps: Sequence[int] = (), resolution: Optional[int] = None) -> Dict[int, List[Any]]:
+        """{step: images}: what the sampler predicts as the final image (x0 = x_t - t v) at each of
+        `at_steps` (1-based; step `steps` is the generated image), with the same seeds as `generate`."""
+
+
+@runtime_checkable
+class ActivationModel(Protocol):
+    """Optional, for the functional-cluster analysis (evaluation/analyses.py, the paper's Appendix B):
+    the layers whose output channels are the units. Without it, every Linear/Conv layer reachable from
+    the adapter's attributes is used."""
+
+    def activation_modules(self) -> Dict[str, torch.nn.Module]:
+        ...
+
+
 # Registry: config string -> "module:factory". Imported lazily so a missing optional dependency of one
 # adapter never breaks another, and `srum --help` imports none of them.
 MODEL_ADAPTERS: Dict[str, str] = {

@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 
-class ParamError(ValueError):
-    """A parameter of a model or backend that cannot be used; the message names it."""
+from ..config import ConfigError
+
+
+class ParamError(ConfigError):
+    """A parameter of a model or backend that cannot be used; the message names it.
+
+    A configuration error (the experiment's model/judge parameters, or weights that are not where they say):
+    retrying cannot help, so stages exit with the config-error code the Jobs' podFailurePolicy fails fast on."""
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -200,11 +206,13 @@ def _cache_root() -> Path:
 _COMPLETE = ".srum-complete.json"
 
 
-def local_weights(location: str, what: str, *, cache_dir: Optional[str] = None) -> Path:
+def local_weights(location: str, what: str, *, cache_dir: Optional[str] = None,
+                  endpoint_url: Optional[str] = None) -> Path:
     """A local directory (or file) holding the weights at `location`.
 
-    `location` is a local path, `file://PATH`, or `s3://bucket/prefix` (credentials and endpoint from the
-    environment, as everywhere in the project). A remote prefix is copied once into the cache
+    `location` is a local path, `file://PATH`, or `s3://bucket/prefix`: credentials from the standard chain
+    (in pods: the mounted credentials file), the endpoint from `endpoint_url` or else `AWS_ENDPOINT_URL`,
+    which the Jobs set from the experiment's `storage.endpoint_url` (MinIO...). A remote prefix is copied once into the cache
     (`SRUM_WEIGHTS_CACHE`, default ~/.cache/srum/weights), verifying every object that has a checksum
     sidecar; a marker written last makes an interrupted copy start over instead of being used. A model
     hub name is refused: weights never come from a hub at run time.
@@ -215,7 +223,8 @@ def local_weights(location: str, what: str, *, cache_dir: Optional[str] = None) 
     if location.startswith("file://"):
         local = Path(location[len("file://"):])
     elif location.startswith("s3://"):
-        return _fetch_prefix(location, what, Path(cache_dir) if cache_dir else _cache_root())
+        return _fetch_prefix(location, what, Path(cache_dir) if cache_dir else _cache_root(),
+                             endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None)
     elif "://" in location:
         raise ParamError(f"{what}: weights location {location!r} has an unsupported scheme (local path, file://, s3://)")
     else:
@@ -227,7 +236,7 @@ def local_weights(location: str, what: str, *, cache_dir: Optional[str] = None) 
     return local
 
 
-def _fetch_prefix(uri: str, what: str, cache_root: Path) -> Path:
+def _fetch_prefix(uri: str, what: str, cache_root: Path, endpoint_url: Optional[str] = None) -> Path:
     from ..storage import CHECKSUM_SUFFIX, open_store
 
     digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
@@ -235,10 +244,10 @@ def _fetch_prefix(uri: str, what: str, cache_root: Path) -> Path:
     marker = dest / _COMPLETE
     if marker.is_file():
         return dest
-    store = open_store(uri.rstrip("/"))   # endpoint and credentials: the standard AWS environment chain
+    store = open_store(uri.rstrip("/"), endpoint_url=endpoint_url)
     keys = store.list("")
     if not keys:
-        raise ParamError(f"{what}: no objects under {uri}")
+        raise ParamError(f"{what}: no weights under {uri} (endpoint {endpoint_url or 'AWS'}): nothing to load")
     # Copy into a private folder, then rename it into place: processes sharing the cache (ranks of one
     # node) never see, or delete, each other's half-finished copy.
     cache_root.mkdir(parents=True, exist_ok=True)

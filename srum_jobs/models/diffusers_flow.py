@@ -156,8 +156,6 @@ class DiffusersFlowModel:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, think: bool = False, steps: int = 20,
                  guidance: float = 2.0, resolution: Optional[int] = None) -> List[GeneratedImage]:
-        from PIL import Image
-
         if think:
             raise ValueError(f"{WHAT}: this model has no think mode (supports_think is False)")
         if len(prompts) != len(seeds):
@@ -189,11 +187,50 @@ class DiffusersFlowModel:
                     v_u, v_c = v.chunk(2)
                     v = v_u + guidance * (v_c - v_u)
                 x = sched.step(v, t, x, return_dict=False)[0]
-            pixels = self.vae.decode(x / self.scaling + self.shift, return_dict=False)[0]
+            images = self._decode(x)
         finally:
             self.transformer.train(was_training)
+        return [GeneratedImage(image=img, seed=int(s)) for img, s in zip(images, seeds)]
+
+    @torch.no_grad()
+    def _decode(self, latents: torch.Tensor) -> List[Any]:
+        from PIL import Image
+
+        pixels = self.vae.decode(latents / self.scaling + self.shift, return_dict=False)[0]
         arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [GeneratedImage(image=Image.fromarray(a), seed=int(s)) for a, s in zip(arr, seeds)]
+        return [Image.fromarray(a) for a in arr]
+
+    @torch.no_grad()
+    def predicted_x0(self, prompts: Sequence[str], seeds: Sequence[int], *, steps: int = 20, guidance: float = 2.0,
+                     at_steps: Sequence[int] = (), resolution: Optional[int] = None) -> Dict[int, List[Any]]:
+        """The image the sampler predicts at sampling steps `at_steps` (1-based; step `steps` is the generated
+        image): x0 = x_t - sigma_t v, with v the step's guided velocity read from consecutive latents of the
+        `generate` loop (a forward hook records the transformer's input latents and timesteps), decoded."""
+        bad = [k for k in at_steps if not 1 <= int(k) <= steps]
+        if bad:
+            raise ValueError(f"{WHAT}: sampling steps {bad} are outside 1..{steps}")
+        states: List[Tuple[torch.Tensor, float]] = []
+        b = len(prompts)
+
+        def record(module, args, kwargs, output):
+            states.append((kwargs["hidden_states"][:b].detach().clone(), float(kwargs["timestep"].reshape(-1)[0])))
+
+        handle = self.transformer.register_forward_hook(record, with_kwargs=True)
+        try:
+            final = self.generate(prompts, seeds, steps=steps, guidance=guidance, resolution=resolution)
+        finally:
+            handle.remove()
+        n_train = float(self.scheduler.config.num_train_timesteps)
+        out: Dict[int, List[Any]] = {}
+        for k in sorted({int(k) for k in at_steps}):
+            if k == steps:
+                out[k] = [g.image for g in final]
+                continue
+            (x_k, t_k), (x_n, t_n) = states[k - 1], states[k]
+            s_k, s_n = t_k / n_train, t_n / n_train
+            x0 = x_k - s_k * (x_n - x_k) / (s_n - s_k)
+            out[k] = self._decode(x0.to(self.dtype))
+        return out
 
     def understand(self, images: Sequence[Any], instructions: Sequence[str], *, max_new_tokens: int = 256,
                    temperature: float = 0.0, think: bool = False) -> List[Tuple[str, str]]:

@@ -17,6 +17,7 @@ Parameters (strings, as in a Triton config.pbtxt):
   points_per_batch        point prompts per decoder call                    (default 64)
   crop_n_layers           extra crop layers (0 = whole image only)          (default 0)
   min_mask_region_area    remove holes/islands smaller than this many pixels; > 0 needs opencv (default 0)
+  encoder_batch           images per image-encoder forward (default 4): the encoder is most of SAM's cost
   model_type=custom only: encoder_embed_dim, encoder_depth, encoder_num_heads, encoder_global_attn_indexes,
   prompt_embed_dim, image_size, patch_size, window_size, decoder_mlp_dim, decoder_num_heads, iou_head_hidden_dim
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -150,6 +151,7 @@ class SamBoxer:
             crop_n_layers=p.int("crop_n_layers", 0, min=0),
             min_mask_region_area=p.int("min_mask_region_area", 0, min=0),
         )
+        self.encoder_batch = p.int("encoder_batch", 4, min=1)
         p.check_unused()
         if self.thresholds["min_mask_region_area"] > 0:
             try:
@@ -186,9 +188,54 @@ class SamBoxer:
         records = self._generator(options.points_per_side).generate(arr)
         return proposal_from_masks(records, options, arr.shape[:2])
 
+    def embed(self, arrays: Sequence[np.ndarray]) -> Tuple[Any, List[Tuple[int, int]]]:
+        """The image encoder over a batch: (features B x C x h x w, each image's resized input size).
+
+        Each image is resized (longest side to the model's input size) and padded exactly as SamPredictor does,
+        so its embedding equals what the generator would compute alone (up to float rounding)."""
+        import torch
+
+        gen = self._generator(BoxOptions().points_per_side)
+        transform = gen.predictor.transform
+        inputs, sizes = [], []
+        for arr in arrays:
+            resized = transform.apply_image(arr)
+            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+            sizes.append(tuple(x.shape[-2:]))
+            inputs.append(self.model.preprocess(x))
+        with torch.inference_mode():
+            features = self.model.image_encoder(torch.cat(inputs, dim=0))
+        return features, sizes
+
     def propose(self, images: Sequence[Any], options: BoxOptions) -> List[BoxProposal]:
-        # The automatic generator embeds one image at a time; batching happens across its point prompts.
-        return [self.propose_one(im, options) for im in images]
+        """Boxes for many images: the image encoder (most of SAM's cost) runs on batches of `encoder_batch`
+        images; the point-prompt decoding then runs per image on its precomputed embedding. With crops
+        (crop_n_layers > 0) every crop needs its own embedding, so images are boxed one at a time."""
+        arrays = [_rgb_uint8(im) for im in images]
+        if self.thresholds["crop_n_layers"] > 0:
+            return [self.propose_one(a, options) for a in arrays]
+        gen = self._generator(options.points_per_side)
+        predictor = gen.predictor
+        out: List[BoxProposal] = []
+        for start in range(0, len(arrays), self.encoder_batch):
+            chunk = arrays[start:start + self.encoder_batch]
+            features, sizes = self.embed(chunk)
+            for i, arr in enumerate(chunk):
+                def use_embedding(image: Any, image_format: str = "RGB", _i: int = i, _arr: np.ndarray = arr) -> None:
+                    predictor.reset_image()
+                    predictor.original_size = _arr.shape[:2]
+                    predictor.input_size = sizes[_i]
+                    predictor.features = features[_i:_i + 1]
+                    predictor.is_image_set = True
+
+                # the generator calls set_image(crop) for its one full-image crop: hand it the batch's embedding
+                predictor.set_image = use_embedding
+                try:
+                    records = gen.generate(arr)
+                finally:
+                    del predictor.set_image           # back to the class's own method
+                out.append(proposal_from_masks(records, options, arr.shape[:2]))
+        return out
 
     def close(self) -> None:
         self._generators.clear()

@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 from ..config import Experiment
 from ..prompts import load_prompts
 from ..records import Prompt, read_records
-from ..storage import ObjectStore, RunLayout, open_store
+from ..storage import Lease, ObjectStore, RunLayout, open_store
 
 
 @dataclass
@@ -22,8 +22,12 @@ class StageContext:
 
     @classmethod
     def create(cls, exp: Experiment, round: int = 1) -> "StageContext":
+        """The stage's storage; started by `srum run`, every marker and checkpoint it commits is preceded by a
+        check that the run still holds the experiment's lease."""
         store = open_store(exp.storage)
-        return cls(exp, round, store, RunLayout(store, exp.name, round))
+        lease = Lease.from_env(store)
+        return cls(exp, round, store, RunLayout(store, exp.name, round,
+                                                before_commit=lease.check if lease is not None else None))
 
     def say(self, msg: str) -> None:
         print(f"[{self.exp.name} r{self.round}] {msg}", file=sys.stderr, flush=True)

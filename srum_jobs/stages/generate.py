@@ -4,6 +4,10 @@ Generation (the model, on this process's device) and judging (the Triton server,
 a generator thread fills a small queue with finished batches while the event loop sends the previous
 ones to the judge. Each finished candidate is written as its own object (image, then record), so a
 killed pod resumes where it stopped and a rerun of a finished shard does nothing.
+
+The per-candidate records are the source of truth; `records.jsonl` is their consolidation. A rerun of a
+finished shard checks it, and a damaged one is moved to quarantine and rebuilt from them (a damaged
+candidate record is quarantined and that candidate generated and judged again, to the same result).
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import Experiment
 from ..prompts import shard_prompts
-from ..records import Prompt, RewardRecord, parse_record
-from ..storage import png_bytes, sha256_hex
+from ..records import Prompt, RecordError, RewardRecord, parse_record, read_records
+from ..storage import DamagedData, NotFound, png_bytes, sha256_hex
 from .common import StageContext, candidate_seed, load_round_model, round_prompts
 from .progress import _secs, progress_bar
 
@@ -120,42 +124,110 @@ def make_judge_fn(ctx: StageContext, transport: Any):
     return judge_fn
 
 
+def shard_items(ctx: StageContext, shard: int, num_shards: int) -> Tuple[List[Prompt], List[Item]]:
+    """The prompts of a shard and its (prompt, k) candidates, in order."""
+    prompts = shard_prompts(round_prompts(ctx), shard, num_shards)
+    return prompts, [(p, k) for p in prompts for k in range(ctx.exp.generation.candidates_per_prompt)]
+
+
+def read_items(ctx: StageContext, shard: int, items: List[Item]) -> Tuple[List[RewardRecord], Dict[str, str]]:
+    """The candidates' records in order, and {key: what is wrong} for each one missing or damaged."""
+    records: List[RewardRecord] = []
+    bad: Dict[str, str] = {}
+    for p, k in items:
+        key = item_key(ctx, shard, p, k)
+        try:
+            rec = parse_record(ctx.store.get_text(key), RewardRecord, source=ctx.store.uri_for(key))
+            if (rec.prompt_id, rec.candidate_index) != (p.id, k):
+                raise RecordError(f"{ctx.store.uri_for(key)}: holds candidate {rec.prompt_id}#{rec.candidate_index}, "
+                                  f"not {p.id}#{k}")
+            records.append(rec)
+        except NotFound:
+            bad[key] = "missing"
+        except (RecordError, DamagedData) as e:
+            bad[key] = str(e)
+    return records, bad
+
+
+def records_damage(ctx: StageContext, shard: int) -> Optional[str]:
+    """What is wrong with a finished shard's records.jsonl, or None when it is whole."""
+    key = records_key(ctx, shard)
+    try:
+        text = ctx.store.get_text(key, verify=True)
+        n = sum(1 for _ in read_records(text, RewardRecord, source=ctx.store.uri_for(key)))
+    except NotFound:
+        return "missing"
+    except (RecordError, DamagedData) as e:
+        return str(e)
+    expected = (ctx.layout.marker("generate", shard) or {}).get("records")
+    if expected is not None and n != expected:
+        return f"it holds {n} records; the shard's marker says {expected}"
+    return None
+
+
+def _quarantine_records(ctx: StageContext, shard: int, why: str) -> str:
+    key = records_key(ctx, shard)
+    where = ctx.layout.quarantine(key, why) if ctx.store.exists(key) else "(nothing to move)"
+    ctx.layout.unmark("generate", shard)
+    return where
+
+
+def rebuild_records(ctx: StageContext, shard: int, num_shards: int, why: str) -> List[RewardRecord]:
+    """Repair a damaged records.jsonl from the candidates' own records (no model, no judge). If some of those
+    are damaged too, they are quarantined and the shard's marker removed: the generate stage redoes just
+    them (`srum run` does that on its next run)."""
+    where = _quarantine_records(ctx, shard, why)
+    _, items = shard_items(ctx, shard, num_shards)
+    records, bad = read_items(ctx, shard, items)
+    if bad:
+        for key, what in bad.items():
+            if what != "missing":
+                ctx.layout.quarantine(key, what)
+        raise RecordError(f"generate shard {shard}: records.jsonl was damaged ({why}; moved to {where}) and "
+                          f"{len(bad)} candidate record(s) cannot rebuild it (e.g. {next(iter(bad.values()))}); "
+                          "they were moved aside: run generate for this shard again (`srum run` does it by itself)")
+    ctx.store.put_jsonl(records_key(ctx, shard), records, checksum=True)
+    ctx.layout.mark_done("generate", shard, records=len(records), rebuilt_from_items=True)
+    ctx.say(f"generate shard {shard}: records.jsonl was damaged ({why}); moved to {where}; rebuilt it from "
+            f"{len(records)} candidate records")
+    return records
+
+
 def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, transport: Any = None,
         progress: bool = True) -> Dict[str, Any]:
     ctx = StageContext.create(exp, round)
     if ctx.layout.shard_done("generate", shard):
-        ctx.say(f"generate shard {shard}/{num_shards}: already complete")
-        return ctx.layout.marker("generate", shard) or {}
-    prompts = shard_prompts(round_prompts(ctx), shard, num_shards)
+        damage = records_damage(ctx, shard)
+        if damage is None:
+            ctx.say(f"generate shard {shard}/{num_shards}: already complete")
+            return ctx.layout.marker("generate", shard) or {}
+        where = _quarantine_records(ctx, shard, damage)
+        ctx.say(f"generate shard {shard}: records.jsonl is damaged ({damage}); moved to {where}; redoing the shard "
+                "from its candidate records")
+    prompts, items = shard_items(ctx, shard, num_shards)
     K = exp.generation.candidates_per_prompt
-    items = [(p, k) for p in prompts for k in range(K)]
-    done = set(ctx.store.list(ctx.layout.shard_prefix("judgments", shard) + "items/"))
-    todo = [(p, k) for p, k in items if item_key(ctx, shard, p, k) not in done]
-    ctx.say(f"generate shard {shard}/{num_shards}: {len(prompts)} prompts x {K} = {len(items)} candidates, "
-            f"{len(items) - len(todo)} already done")
     t0 = time.perf_counter()
     timing: Dict[str, float] = {}
-    if todo:
-        model = load_round_model(ctx)
-
-        async def go(bar) -> Dict[str, float]:
-            if transport is not None:  # injected (tests, in-process benches)
-                return await _generate_and_judge(ctx, shard, todo, model, make_judge_fn(ctx, transport), bar)
-            from ..judging.client import TritonTransport
-
-            # gRPC channels belong to the event loop they were made in: open the transport inside it
-            async with TritonTransport.from_config(exp.judge, experiment=exp.name, store=ctx.store,
-                                                   cache_key=ctx.layout.cache_key) as remote:
-                return await _generate_and_judge(ctx, shard, todo, model, make_judge_fn(ctx, remote), bar)
-
-        with progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"generate+judge shard {shard}",
-                          unit="img", enabled=progress) as bar:
-            timing = asyncio.run(go(bar))
-    # consolidate: every item must be there exactly once, in prompt order
-    records: List[RewardRecord] = []
-    for p, k in items:
-        key = item_key(ctx, shard, p, k)
-        records.append(parse_record(ctx.store.get_text(key), RewardRecord, source=ctx.store.uri_for(key)))
+    model = None
+    for attempt in (1, 2):     # the second pass redoes candidates whose stored record was found damaged
+        done = set(ctx.store.list(ctx.layout.shard_prefix("judgments", shard) + "items/"))
+        todo = [(p, k) for p, k in items if item_key(ctx, shard, p, k) not in done]
+        if attempt == 1:
+            ctx.say(f"generate shard {shard}/{num_shards}: {len(prompts)} prompts x {K} = {len(items)} candidates, "
+                    f"{len(items) - len(todo)} already done")
+        if todo:
+            model = model or load_round_model(ctx)
+            timing = _generate_shard(ctx, exp, shard, todo, items, model, transport, progress)
+        records, bad = read_items(ctx, shard, items)
+        if not bad:
+            break
+        for key, what in bad.items():
+            if what != "missing":
+                ctx.say(f"generate shard {shard}: candidate record damaged ({what}); moved to "
+                        f"{ctx.layout.quarantine(key, what)}; generating it again")
+    else:
+        raise RecordError(f"generate shard {shard}: {len(bad)} candidate record(s) are still missing or damaged after "
+                          f"a second pass (e.g. {next(iter(bad.values()))})")
     ctx.store.put_jsonl(records_key(ctx, shard), records, checksum=True)
     summary = {"records": len(records), "prompts": len(prompts),
                "global_unparsed": sum(not r.global_judgment.parsed for r in records),
@@ -164,3 +236,21 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, tra
     ctx.layout.mark_done("generate", shard, **summary)
     ctx.say(f"generate shard {shard}: done: {json.dumps(summary)}")
     return summary
+
+
+def _generate_shard(ctx: StageContext, exp: Experiment, shard: int, todo: List[Item], items: List[Item], model: Any,
+                    transport: Any, progress: bool) -> Dict[str, float]:
+    """Generate and judge the `todo` candidates of a shard, with a progress bar over all of its `items`."""
+    async def go(bar) -> Dict[str, float]:
+        if transport is not None:  # injected (tests, in-process benches)
+            return await _generate_and_judge(ctx, shard, todo, model, make_judge_fn(ctx, transport), bar)
+        from ..judging.client import TritonTransport
+
+        # gRPC channels belong to the event loop they were made in: open the transport inside it
+        async with TritonTransport.from_config(exp.judge, experiment=exp.name, store=ctx.store,
+                                               cache_key=ctx.layout.cache_key) as remote:
+            return await _generate_and_judge(ctx, shard, todo, model, make_judge_fn(ctx, remote), bar)
+
+    with progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"generate+judge shard {shard}",
+                      unit="img", enabled=progress) as bar:
+        return asyncio.run(go(bar))

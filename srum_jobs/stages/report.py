@@ -9,16 +9,18 @@ import base64
 import html
 import io
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from ..config import Experiment
+from ..evaluation import tables
+from ..evaluation.run import Run, read_results, summary_key
 from ..storage import NotFound
 from .common import StageContext
-from .evaluate import summary_key
 
 MAX_GRID = 8
+GRID_SEED = 20240917
 
 
 def _b64_png(fig_or_image: Any) -> str:
@@ -33,22 +35,6 @@ def _b64_png(fig_or_image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _fmt(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _results_table(summary: Dict[str, Any]) -> List[List[str]]:
-    base, trained = summary["variants"]["base"], summary["variants"]["trained"]
-    rows = [["category", "base", "trained", "change"]]
-    for cat in sorted(set(base["per_category"]) | set(trained["per_category"])):
-        b, t = base["per_category"].get(cat), trained["per_category"].get(cat)
-        rows.append([cat, _fmt(b), _fmt(t), "n/a" if b is None or t is None else f"{100 * (t - b):+.1f}"])
-    b, t = base["overall"], trained["overall"]
-    rows.append(["overall", _fmt(b), _fmt(t), "n/a" if b is None or t is None else f"{100 * (t - b):+.1f}"])
-    rows.append(["judge agrees with benchmark", _fmt(base["judge_agreement"]), _fmt(trained["judge_agreement"]), ""])
-    return rows
-
-
 def _md_table(rows: List[List[str]]) -> str:
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -61,46 +47,99 @@ def _html_table(rows: List[List[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _eval_rows(ctx: StageContext, variant: str) -> List[dict]:
-    from .evaluate import results_key
+def _verdict(row: Dict[str, Any], metric: str, unit: str) -> Tuple[str, str]:
+    """(text, colour) of one image's score: correct/wrong for a 0/1 metric, the value otherwise."""
+    v = row["values"].get(metric) if row["parsed"] else None
+    if v is None:
+        return "unparsed", "gray"
+    if v in (0.0, 1.0) and unit == "%":
+        return ("correct", "green") if v == 1.0 else ("wrong", "crimson")
+    return tables.fmt_value(v, unit), "black"
 
-    rows = []
-    for s in ctx.layout.stage_shards_done("eval"):
-        rows += [json.loads(x) for x in ctx.store.get_text(results_key(ctx, variant, s)).splitlines() if x]
-    return sorted(rows, key=lambda r: (r["index"], r["sample"]))
 
-
-def _grid_figure(ctx: StageContext):
+def _grid_figure(ctx: StageContext, summary: Dict[str, Any], mode: str = "plain"):
+    """Same prompts and seeds before and after, picked at random (seeded) across categories: the examples
+    are neither the best nor the worst, so the grid shows what a typical change looks like. In think mode
+    each image carries the model's plan."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base, trained = _eval_rows(ctx, "base"), _eval_rows(ctx, "trained")
+    h = summary.get("headline") or {}
+    if not h:
+        return None
+    shards = ctx.layout.stage_shards_done("eval")
+    base = read_results(ctx.store, ctx.layout, Run(h["benchmark"], "base", mode), shards)
+    trained = read_results(ctx.store, ctx.layout, Run(h["benchmark"], "trained", mode), shards)
     by_key = {(r["index"], r["sample"]): r for r in trained}
     pairs = [(b, by_key[(b["index"], b["sample"])]) for b in base if (b["index"], b["sample"]) in by_key]
-    # spread the examples over categories rather than showing the first few prompts of one
-    picked, seen = [], set()
-    for b, t in pairs:
-        if b["category"] not in seen or len(picked) < MAX_GRID // 2:
-            picked.append((b, t))
-            seen.add(b["category"])
-        if len(picked) == MAX_GRID:
-            break
-    if not picked:
+    if not pairs:
         return None
-    fig, axes = plt.subplots(2, len(picked), figsize=(1.9 * len(picked), 4.4), squeeze=False)
+    rng = np.random.default_rng(GRID_SEED)
+    by_cat: Dict[str, list] = {}
+    for i in rng.permutation(len(pairs)):
+        by_cat.setdefault(pairs[int(i)][0]["category"], []).append(pairs[int(i)])
+    picked = []
+    for depth in range(MAX_GRID):                 # round-robin over categories
+        for cat in sorted(by_cat):
+            if depth < len(by_cat[cat]) and len(picked) < MAX_GRID:
+                picked.append(by_cat[cat][depth])
+    metric, unit = h["metric"], h["unit"]
+    think = mode == "think"
+    fig, axes = plt.subplots(2, len(picked), figsize=(1.9 * len(picked), 6.2 if think else 4.6), squeeze=False)
     for j, (b, t) in enumerate(picked):
         for i, (row, label) in enumerate(((b, "base"), (t, "trained"))):
             ax = axes[i][j]
             ax.imshow(np.asarray(ctx.store.get_png(row["image_key"]).convert("RGB")), interpolation="nearest")
-            ok = row["score"]
-            ax.set_title(f"{label}: {'n/a' if ok is None else f'{ok:.2f}'}", fontsize=8,
-                         color="green" if ok is not None and ok >= 0.5 else "crimson")
+            text, color = _verdict(row, metric, unit)
+            ax.set_title(f"{label}: {text}", fontsize=8, color=color)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0][j].set_xlabel("")
-        axes[1][j].set_xlabel("\n".join(_wrap(b["prompt"], 22)), fontsize=7)
-    fig.suptitle("Same prompts and seeds, before (top) and after (bottom) SRUM", fontsize=10)
+            if think and row.get("think_text"):
+                ax.set_xlabel("\n".join(_wrap(row["think_text"][:90], 24)), fontsize=5.5, color="#555")
+        label = "\n".join(_wrap(b["prompt"], 22))
+        if think:
+            axes[0][j].set_title(label + "\n" + axes[0][j].get_title(), fontsize=7)
+        else:
+            axes[1][j].set_xlabel(label, fontsize=7)
+    fig.suptitle("Same prompts and seeds (picked at random), before (top) and after (bottom) SRUM"
+                 + (", think mode: the plan under each image" if think else ""), fontsize=10)
+    return fig
+
+
+def _change_figure(b: Dict[str, Any], confidence: float):
+    """Per row of the headline metric: trained - base with its paired bootstrap interval, per mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comps = [c for c in b["comparisons"] if c["name"].startswith("trained - base")]
+    if not comps:
+        return None
+    m = b["metrics"][0]
+    rows = [r for r in b["rows"] if any((c[m]["rows"].get(r) or {}).get("diff") is not None for c in comps)]
+    if not rows:
+        return None
+    scale = 100.0 if b["unit"] == "%" else 1.0
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 3.2))
+    width = 0.8 / len(comps)
+    for k, c in enumerate(comps):
+        xs, ys, lo, hi = [], [], [], []
+        for i, r in enumerate(rows):
+            cell = c[m]["rows"].get(r) or {}
+            if cell.get("diff") is None:
+                continue
+            xs.append(i + (k - (len(comps) - 1) / 2) * width)
+            ys.append(scale * cell["diff"])
+            lo.append(scale * (cell["diff"] - cell["ci"][0]))
+            hi.append(scale * (cell["ci"][1] - cell["diff"]))
+        ax.bar(xs, ys, width=width * 0.9, yerr=[lo, hi], capsize=3, label=c["name"], alpha=0.8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"change in {m}" + (" (points)" if b["unit"] == "%" else ""))
+    ax.set_title(f"{b['title']}: trained - base, {int(confidence * 100)}% paired bootstrap intervals", fontsize=9)
+    ax.legend(fontsize=7)
     return fig
 
 
@@ -184,21 +223,62 @@ def _rewards_stats(ctx: StageContext) -> Dict[str, int]:
 
 def headline(ctx: StageContext) -> Dict[str, Any]:
     """What `srum run` prints at the end: where the report is and the headline numbers."""
-    lines = []
     try:
-        summary = ctx.store.get_json(summary_key(ctx))
+        summary = ctx.store.get_json(summary_key(ctx.layout))
     except NotFound:
-        return {"lines": [f"no evaluation summary at {ctx.store.uri_for(summary_key(ctx))}"]}
-    b, t = summary["variants"]["base"], summary["variants"]["trained"]
-    lines.append(f"benchmark ({summary['benchmark']}), {b['items']} held-out images each:")
-    lines.append(f"  base {_fmt(b['overall'])}  ->  after SRUM round {ctx.round}: {_fmt(t['overall'])}")
-    for cat in sorted(b["per_category"]):
-        lines.append(f"    {cat:<14} {_fmt(b['per_category'][cat]):>7} -> {_fmt(t['per_category'].get(cat)):>7}")
-    if b.get("judge_agreement") is not None:
-        lines.append(f"  judge agrees with the benchmark: {_fmt(b['judge_agreement'])} (base), "
-                     f"{_fmt(t['judge_agreement'])} (trained)")
+        return {"lines": [f"no evaluation summary at {ctx.store.uri_for(summary_key(ctx.layout))}"]}
+    lines = tables.headline_lines(summary.get("headline") or {}, ctx.round)
+    u = summary.get("understanding")
+    if u and u.get("runs"):
+        acc = {v: t["metrics"]["accuracy"]["rows"].get("overall") for v, t in u["runs"].items()}
+        lines.append("  understanding (VQA) accuracy: " + ", ".join(f"{v} {tables.fmt_value(a, '%')}"
+                                                                   for v, a in acc.items())
+                     + (f"; trained - base {tables.fmt_change((u.get('comparison') or {}).get('rows', {}).get('overall'), '%')}"
+                        if u.get("comparison") else ""))
     lines.append(f"report: {ctx.store.uri_for(ctx.layout.key('report', 'report.html'))}")
-    return {"lines": lines, "summary": summary}
+    return {"lines": lines, "summary": summary.get("headline")}
+
+
+def _eval_sections(summary: Dict[str, Any], round: int) -> tuple:
+    """(HTML parts, Markdown parts, figures) of the evaluation: every benchmark's tables, the unparsed
+    counts, the understanding check, the analyses."""
+    conf = summary.get("confidence") or 0.95
+    html_parts, md_parts, figures = [], [], []
+    h = summary.get("headline") or {}
+    if h:
+        html_parts.append("<pre class='headline'>" + html.escape("\n".join(tables.headline_lines(h, round))) + "</pre>")
+    for name, b in summary.get("benchmarks", {}).items():
+        html_parts.append(f"<h2>{html.escape(b['title'])}</h2>")
+        md_parts.append(f"## {b['title']}")
+        for metric, rows in tables.benchmark_tables(b, conf):
+            html_parts.append((f"<h3>{html.escape(metric)}</h3>" if len(b["metrics"]) > 1 else "") + _html_table(rows))
+            md_parts += [f"### {metric}", "", _md_table(rows), ""]
+        fig = _change_figure(b, conf)
+        if fig is not None:
+            html_parts.append(f"<img src='{_b64_png(fig)}' alt='change-{html.escape(name)}'>")
+        unparsed = tables.unparsed_table(b)
+        if unparsed:
+            html_parts.append("<p>Unparsed evaluator answers (excluded from every mean), per category:</p>"
+                              + _html_table(unparsed))
+            md_parts += ["Unparsed evaluator answers per category:", "", _md_table(unparsed), ""]
+        for run, why in b.get("skipped", {}).items():
+            html_parts.append(f"<p><i>{html.escape(run)}: not evaluated ({html.escape(why)})</i></p>")
+            md_parts.append(f"*{run}: not evaluated ({why})*")
+    u = summary.get("understanding")
+    if u and u.get("runs"):
+        rows = tables.understanding_table(u, conf)
+        html_parts.append("<h2>Understanding regression (VQA through the model's own understanding)</h2>"
+                          + _html_table(rows))
+        md_parts += ["## Understanding regression", "", _md_table(rows), ""]
+    a = summary.get("analyses")
+    if a:
+        from ..evaluation.analyses import analysis_figures, analysis_tables
+
+        for title, rows in analysis_tables(a):
+            html_parts.append(f"<h2>{html.escape(title)}</h2>" + _html_table(rows))
+            md_parts += [f"## {title}", "", _md_table(rows), ""]
+        figures += analysis_figures(a)
+    return html_parts, md_parts, figures
 
 
 def run(exp: Experiment, round: int) -> str:
@@ -207,17 +287,19 @@ def run(exp: Experiment, round: int) -> str:
     if ctx.layout.shard_done("report", 0):
         ctx.say("report: already complete")
         return where
-    summary = ctx.store.get_json(summary_key(ctx))
-    table = _results_table(summary)
+    summary = ctx.store.get_json(summary_key(ctx.layout))
+    eval_html, eval_md, eval_figs = _eval_sections(summary, round)
     stats = _rewards_stats(ctx)
     gen_markers = [ctx.layout.marker("generate", s) or {} for s in ctx.layout.stage_shards_done("generate")]
     n_records = max(1, stats.get("records", 0))
     unparsed = stats.get("global_unparsed", 0) / n_records
-    figures = {"grid": _grid_figure(ctx), "maps": _reward_map_figure(ctx), "loss": _loss_figure(ctx)}
-    images = {k: _b64_png(v) for k, v in figures.items() if v is not None}
+    figures = [("grid", "Before and after", _grid_figure(ctx, summary)),
+               ("grid-think", "Before and after, think mode", _grid_figure(ctx, summary, "think")), *eval_figs,
+               ("maps", "Reward maps", _reward_map_figure(ctx)), ("loss", "Training", _loss_figure(ctx))]
     train = ctx.layout.marker("train", 0) or {}
     facts = [
         ("experiment", exp.name), ("round", str(round)), ("model", exp.model.adapter),
+        ("evaluator", f"{exp.judge.evaluator_model} (local backend {exp.eval.evaluator_backend})"),
         ("reward mode", exp.reward.mode), ("lambda_c", str(exp.reward.lambda_c)),
         ("candidates", f"{stats.get('records', 0)} judged, {stats.get('used', 0)} used for training"),
         ("judge parse failures", f"{100 * unparsed:.1f}% global, "
@@ -227,19 +309,21 @@ def run(exp: Experiment, round: int) -> str:
         ("training", f"{train.get('steps', '?')} steps on {train.get('world_size', '?')} process(es), "
                      f"{train.get('wall_s', 0):.0f} s"),
     ]
-    md = [f"# SRUM report: {exp.name}, round {round}", "", _md_table(table), "",
+    md = [f"# SRUM report: {exp.name}, round {round}", "", *eval_md,
           *[f"- **{k}**: {v}" for k, v in facts], "",
-          "Images, reward maps and loss curves: see report.html beside this file."]
-    sections = [f"<h1>SRUM report: {html.escape(exp.name)}, round {round}</h1>",
-                f"<h2>Benchmark ({html.escape(summary['benchmark'])}), before and after</h2>", _html_table(table),
-                "<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in facts) + "</ul>"]
-    titles = {"grid": "Before and after", "maps": "Reward maps", "loss": "Training"}
-    for k, src in images.items():
-        sections.append(f"<h2>{titles[k]}</h2><img src='{src}' alt='{k}'>")
+          "Images, plots, reward maps and loss curves: see report.html beside this file."]
+    sections = [f"<h1>SRUM report: {html.escape(exp.name)}, round {round}</h1>", *eval_html,
+                "<h2>Run</h2><ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+                                             for k, v in facts) + "</ul>"]
+    for key, title, fig in figures:
+        if fig is not None:
+            sections.append(f"<h2>{html.escape(title)}</h2><img src='{_b64_png(fig)}' alt='{html.escape(key)}'>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>SRUM report</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-            "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>"
+            "body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 9px;"
+            "text-align:right;font-size:14px}th{background:#f3f3f3}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+            "pre.headline{background:#f6f8fa;padding:0.8em;border-radius:4px}</style></head><body>"
             + "\n".join(sections) + "</body></html>")
     ctx.store.put_text(ctx.layout.key("report", "report.html"), page)
     ctx.store.put_text(ctx.layout.key("report", "report.md"), "\n".join(md) + "\n")

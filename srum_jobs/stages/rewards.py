@@ -14,10 +14,11 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..config import Experiment
-from ..records import RewardRecord, read_records
+from ..records import RecordError, RewardRecord, read_records
 from ..rewards import encode_map, reward_map_from_record, training_filter
+from ..storage import DamagedData, NotFound
 from .common import StageContext
-from .generate import records_key
+from .generate import rebuild_records, records_key
 from .progress import progress_bar
 
 
@@ -29,9 +30,14 @@ def index_key(ctx: StageContext, shard: int) -> str:
     return ctx.layout.shard_prefix("rewards", shard) + "index.jsonl"
 
 
-def shard_records(ctx: StageContext, shard: int) -> List[RewardRecord]:
+def shard_records(ctx: StageContext, shard: int, num_shards: int) -> List[RewardRecord]:
+    """A generate shard's records; a damaged records.jsonl is set aside and rebuilt from the candidates'
+    own records (see generate.rebuild_records)."""
     key = records_key(ctx, shard)
-    return list(read_records(ctx.store.get_text(key, verify=True), RewardRecord, source=ctx.store.uri_for(key)))
+    try:
+        return list(read_records(ctx.store.get_text(key, verify=True), RewardRecord, source=ctx.store.uri_for(key)))
+    except (RecordError, DamagedData, NotFound) as e:
+        return rebuild_records(ctx, shard, num_shards, str(e))
 
 
 def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Optional[int] = None, *,
@@ -50,7 +56,7 @@ def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Op
             totals.update({k: v for k, v in (ctx.layout.marker("rewards", s) or {}).items()
                            if isinstance(v, int) and k not in ("shard", "round")})
             continue
-        records = shard_records(ctx, s)
+        records = shard_records(ctx, s, n)
         index = []
         counts: Counter = Counter()
         with progress_bar(len(records), f"reward maps shard {s}", "map", enabled=progress) as bar:

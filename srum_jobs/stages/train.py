@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -118,7 +117,7 @@ def _parallel_params(exp: Experiment) -> Dict[str, str]:
 
 
 def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]:
-    from ..training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_part
+    from ..training.checkpoint import load_checkpoint, load_newest_good, prune_checkpoints, save_checkpoint, save_part
     from ..training.optim import build_optimizer, build_scheduler, needs_reference_model, train_step
 
     rank, world = _dist_setup()
@@ -149,10 +148,17 @@ def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]
     ema = _EMA(params, tc.ema) if tc.ema else None
     generator = torch.Generator().manual_seed(tc.seed * 1000 + rank)
     start, position = 0, 0
-    resumed = latest_checkpoint(ctx.layout)
+    opt_part = f"optimizer-rank{rank}" if self_parallel else "optimizer"
+    resume_parts = ["model", opt_part, "scheduler", "trainer", "ema"]
+    # rank 0 picks the newest checkpoint that loads (moving damaged ones aside); the others follow it
+    resumed, state = load_newest_good(ctx.layout, resume_parts, ctx.say) if rank == 0 else (None, {})
+    if world > 1:
+        chosen = [resumed]
+        torch.distributed.broadcast_object_list(chosen, src=0)
+        resumed = chosen[0]
+        if rank != 0 and resumed is not None:
+            state = load_checkpoint(ctx.layout, resumed, parts=resume_parts)
     if resumed is not None:
-        opt_part = f"optimizer-rank{rank}" if self_parallel else "optimizer"
-        state = load_checkpoint(ctx.layout, resumed, parts=["model", opt_part, "scheduler", "trainer", "ema"])
         if state["manifest"].get("world_size", world) != world and self_parallel:
             raise RuntimeError(f"train: checkpoint step {resumed} was written by {state['manifest']['world_size']} "
                                f"sharded processes; resume it with the same number, not {world}")
@@ -221,6 +227,10 @@ def run(exp: Experiment, round: int, *, progress: bool = True) -> Dict[str, Any]
                     ctx.store.put_jsonl(ctx.layout.key("train", f"metrics-{step + 1:07d}.jsonl"), metrics)
                     parts = {k: v for k, v in parts.items() if v is not None}
                     save_checkpoint(ctx.layout, step + 1, parts, meta={"world_size": world}, uploaded=uploaded)
+                    pruned = prune_checkpoints(ctx.layout, tc.keep_checkpoints)
+                    if pruned:
+                        ctx.say(f"train: removed checkpoint step(s) {pruned} (training.keep_checkpoints="
+                                f"{tc.keep_checkpoints})")
                 metrics = []
                 if world > 1:
                     torch.distributed.barrier()
@@ -245,23 +255,19 @@ def load_metrics(ctx: StageContext) -> List[Dict[str, float]]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point for `torchrun -m srum_jobs.stages.train`."""
+    """Entry point of each torchrun worker (`-m srum_jobs.stages.train`): the same path as `srum stage train`."""
     import argparse
 
-    from .. import exitcodes
-    from ..config import ConfigError, load_experiment
+    from .. import entry
 
+    entry.bind_to_parent()
     ap = argparse.ArgumentParser(prog="srum_jobs.stages.train")
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--round", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        exp = load_experiment(args.experiment)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(exitcodes.CONFIG_ERROR)
-    run(exp, args.round, progress=not args.no_progress)
+    with entry.guarded():
+        entry.run_stage("train", args.experiment, args.round, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ YAML 1.1 parsers read back as strings.
 
 {{- define "srum.podSecurityContext" -}}
 runAsNonRoot: true
-runAsUser: 1000
-runAsGroup: 1000
-fsGroup: 1000
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
@@ -60,23 +60,47 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* S3 credentials by reference to an existing Secret: the values never pass through the chart. */}}
+{{/* S3: the credentials file of an existing Secret (key `credentials`), mounted read-only, never as
+environment variables; the experiment's endpoint for every boto3 client (srum_jobs.cluster.builders does the
+same for the stage pods). */}}
 {{- define "srum.s3Env" -}}
 {{- $cluster := .Values.experiment.cluster | default dict -}}
 {{- with $cluster.s3_secret }}
-- name: AWS_ACCESS_KEY_ID
-  valueFrom:
-    secretKeyRef: {name: {{ . | quote }}, key: AWS_ACCESS_KEY_ID}
-- name: AWS_SECRET_ACCESS_KEY
-  valueFrom:
-    secretKeyRef: {name: {{ . | quote }}, key: AWS_SECRET_ACCESS_KEY}
-- name: AWS_SESSION_TOKEN
-  valueFrom:
-    secretKeyRef: {name: {{ . | quote }}, key: AWS_SESSION_TOKEN, optional: true}
+- name: AWS_SHARED_CREDENTIALS_FILE
+  value: /var/run/secrets/srum/s3/credentials
 {{- end }}
 {{- $storage := .Values.experiment.storage | default dict -}}
 {{- with $storage.region }}
 - name: AWS_DEFAULT_REGION
   value: {{ . | quote }}
+{{- end }}
+{{- with $storage.endpoint_url }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "srum.s3Volume" -}}
+{{- $cluster := .Values.experiment.cluster | default dict -}}
+{{- with $cluster.s3_secret }}
+- name: s3-credentials
+  secret:
+    secretName: {{ . | quote }}
+    defaultMode: 0440
+    items: [{key: credentials, path: credentials}]
+{{- end }}
+{{- end -}}
+
+{{- define "srum.s3Mount" -}}
+{{- $cluster := .Values.experiment.cluster | default dict -}}
+{{- if $cluster.s3_secret }}
+- {name: s3-credentials, mountPath: /var/run/secrets/srum/s3, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* checkov suppressions with their reason (tests/test_lint_manifests.py runs checkov on the rendered chart). */}}
+{{- define "srum.digestSkip" -}}
+{{- if not (contains "@sha256:" .) }}
+checkov.io/skip1: CKV_K8S_43=a pinned release tag pulled Always; set the image to name@sha256:DIGEST to pin the bytes
 {{- end }}
 {{- end -}}

@@ -192,6 +192,46 @@ class ToyModel:
     def eval(self) -> "ToyModel":
         return self.train(False)
 
+    # ------------------------------------------------------------------ analyses (evaluation/analyses.py)
+    @torch.no_grad()
+    def predicted_x0(self, prompts: Sequence[str], seeds: Sequence[int], *, steps: int = 20, guidance: float = 2.0,
+                     at_steps: Sequence[int] = (), resolution: Optional[int] = None) -> Dict[int, List[Any]]:
+        """The image the sampler predicts at sampling steps `at_steps` (1-based; step `steps` is the final
+        image): x0 = x_t - t * v, with v the guided velocity of that step, read from consecutive states of
+        `sample` (a forward hook records the state and time of every generator call), so this runs the very
+        loop `generate` runs."""
+        if resolution is not None and int(resolution) != self.resolution:
+            raise ValueError(f"resolution {resolution} is not the toy model's canvas ({self.resolution})")
+        bad = [k for k in at_steps if not 1 <= int(k) <= steps]
+        if bad:
+            raise ValueError(f"sampling steps {bad} are outside 1..{steps}")
+        out: Dict[int, List[Any]] = {int(k): [] for k in at_steps}
+        for i in range(0, len(prompts), self.batch_size):
+            chunk, chunk_seeds = prompts[i:i + self.batch_size], seeds[i:i + self.batch_size]
+            states: List[Tuple[torch.Tensor, float]] = []
+            seen_t: set = set()
+
+            def record(module, args, output, b=len(chunk)):
+                t = float(args[1][0])
+                if t not in seen_t:                  # one state per step (guidance may call twice)
+                    seen_t.add(t)
+                    states.append((args[0][:b].detach().clone(), t))
+
+            handle = self.generator.register_forward_hook(record)
+            try:
+                final = self.sample(chunk, chunk_seeds, steps, guidance)
+            finally:
+                handle.remove()
+            xs = [x for x, _ in states] + [final]
+            ts = [t for _, t in states] + [0.0]
+            for k in out:
+                j = k - 1
+                v = (xs[j + 1] - xs[j]) / (ts[j + 1] - ts[j])
+                x0 = (xs[j] - ts[j] * v).clamp(-1.0, 1.0)
+                arr = ((x0.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+                out[k] += [world.to_pil(a) for a in arr]
+        return out
+
 
 def load_toy_model(params: Optional[Mapping[str, Any]] = None, checkpoint: Optional[str] = None) -> ToyModel:
     """The registry factory (models/base.py MODEL_ADAPTERS["toy"]).
