@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from srum_jobs.models.toy import bench as B
-from srum_jobs.models.toy import stats as S
 from srum_jobs.models.toy import world as w
 
 CATS = set(w.CATEGORIES)
@@ -122,37 +121,11 @@ def test_methods_get_the_papers_baselines_and_the_recipe():
         B.method_configs("srum_lambda_x", cfg)
 
 
-def test_paired_bootstrap_interval():
-    rng = np.random.default_rng(0)
-    base = rng.random(400) < 0.3
-    method = base | (rng.random(400) < 0.2)                   # the method fixes some items, breaks none
-    mean, lo, hi = S.paired_bootstrap_ci(method.astype(float), base.astype(float), seed=1)
-    assert mean == pytest.approx(method.mean() - base.mean()) and 0 < lo < mean < hi
-    assert S.paired_bootstrap_ci([0.5] * 10, [0.25] * 10) == (0.25, 0.25, 0.25)
-    _, lo99, hi99 = S.paired_bootstrap_ci(method.astype(float), base.astype(float), seed=1, level=0.99)
-    assert lo99 < lo and hi < hi99
-    # pairing: a constant per-item offset is certain even when items vary a lot
-    items = rng.random(50)
-    _, plo, phi = S.paired_bootstrap_ci(items + 0.1, items)
-    assert plo == pytest.approx(0.1) and phi == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="equal-length"):
-        S.paired_bootstrap_ci([1.0], [1.0, 0.0])
-    with pytest.raises(ValueError, match="no items"):
-        S.paired_bootstrap_ci([], [])
-
-
-def test_exact_mcnemar():
-    assert S.mcnemar_exact(0, 0) == 1.0
-    assert S.mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
-    assert S.mcnemar_exact(5, 5) == 1.0
-    assert S.mcnemar_exact(30, 7) == pytest.approx(0.000191, rel=0.01)   # the 30/7 pairs: p = 0.0002
-
-
 def test_summary_pairs_prompts_across_seeds():
     prompts = [B._balanced(w.toy_prompts("eval"), per_category=2)[i] for i in range(10)]
     base = [B.Evaluation([False] * 10, prompts, {})]
     better = [B.Evaluation([True] * 5 + [False] * 5, prompts, {})]
-    out = B.summarise({"base": base, "m": better}, n_boot=2000)
+    out = B.summarise({"base": base, "m": better}, resamples=2000)
     assert out["m"]["overall"] == 0.5 and out["base"]["overall_ci"] == [0.0, 0.0]
     lo, hi = out["m"]["overall_ci"]
     assert 0.0 < lo <= 50.0 <= hi <= 100.0

@@ -214,7 +214,7 @@ def test_stages_keep_think_texts_and_train_the_debiased_loss_against_the_frozen_
     generate.run(exp, 1, transport=transport, progress=False)
     rewards.run(exp, 1, progress=False)
     ctx = StageContext.create(exp, 1)
-    recs = shard_records(ctx, 0)
+    recs = shard_records(ctx, 0, 1)
     assert len(recs) == 6 and all(parse_plan(r.think_text).objects for r in recs)
     index = load_training_index(ctx)
     assert index and all(e["think_text"] for e in index)

@@ -34,10 +34,11 @@ def test_unreadable_plans_are_rejected_quoting_the_text(text, msg):
         P.parse_plan(text)
 
 
-def test_the_planner_writes_valid_layouts_for_every_category():
+@pytest.mark.parametrize("planner", P.PLANNERS)
+def test_the_planner_writes_valid_layouts_for_every_category(planner):
     rng = np.random.default_rng(0)
     for p in w.prompt_set("val"):
-        plan = P.write_plan(p.spec, rng)
+        plan = P.write_plan(w.parse_prompt(p.text), rng, planner)
         assert sorted(o.obj for o in plan.objects) == list(p.spec.objects)
         cells = [(o.row, o.col) for o in plan.objects]
         assert len(set(cells)) == len(cells)
@@ -50,10 +51,30 @@ def test_the_planner_writes_valid_layouts_for_every_category():
 def test_think_text_is_seeded_and_names_prompts_outside_the_grammar():
     a, plan = P.think_text("three purple squares", 5)
     assert a == P.think_text("three purple squares", 5)[0] and len(plan.objects) == 3
-    texts = {P.think_text("a red circle to the left of a blue square", s)[0] for s in range(12)}
-    assert len(texts) > 1                      # K candidates get different plans
+    texts = {P.think_text("a red circle to the left of a blue square", s, "random")[0] for s in range(12)}
+    assert len(texts) > 1                      # the random planner gives K candidates K plans
+    assert P.think_text("a photo of a dog", 1, "random") == (P.NO_PLAN_TEXT, None)
+    with pytest.raises(ValueError, match="unknown planner 'messy'"):
+        P.think_text("a red circle", 1, "messy")
     assert P.think_text("a photo of a dog", 1) == (P.NO_PLAN_TEXT, None)
     assert P.plan_of(P.NO_PLAN_TEXT) is None and P.plan_of(None) is None and P.plan_of("") is None
+
+
+@pytest.mark.parametrize("prompt, plan", [
+    ("a red circle to the left of a blue square", "red circle at middle left; blue square at middle right"),
+    ("a red circle to the right of a blue square", "red circle at middle right; blue square at middle left"),
+    ("a red circle above a blue square", "red circle at top center; blue square at bottom center"),
+    ("a red circle below a blue square", "red circle at bottom center; blue square at top center"),
+    ("a green triangle", "green triangle at middle center"),
+    # the prompt's order, not the spec's sorted one
+    ("a yellow square and a blue circle", "yellow square at middle left; blue circle at middle right"),
+    ("two red circles and a blue square",
+     "red circle at middle left; red circle at middle center; blue square at middle right"),
+])
+def test_the_tidy_planner_settles_on_one_canonical_layout(prompt, plan):
+    texts = {P.think_text(prompt, s, "tidy")[0] for s in range(6)}
+    assert texts == {P.think_text(prompt, 0)[0]}                 # tidy is the default, one plan per prompt
+    assert texts.pop().endswith(f"Plan: {plan}.")
 
 
 def test_ground_truth_renders_follow_their_plans():

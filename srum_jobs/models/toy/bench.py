@@ -60,6 +60,7 @@ class RoundConfig:
     train_prompts: Optional[int] = None   # None: the whole train split (balanced prefix otherwise)
     candidates: int = 4                   # K samples per prompt
     think: bool = True                    # candidates in think mode
+    planner: str = "tidy"                 # how think mode lays out its plans (plan.PLANNERS)
     euler_steps: int = 10
     guidance: float = 2.0
     epochs: float = 1.5                   # passes over the candidates; every method takes the same steps
@@ -209,10 +210,11 @@ class Bench:
         from .model import ToyModel, load_toy_model
 
         self.preset, self.cfg, self.log = preset, round_cfg, log or (lambda m: None)
-        self.model = load_toy_model({"preset": preset}, checkpoint=checkpoint)
+        self.model = load_toy_model({"preset": preset, "planner": round_cfg.planner}, checkpoint=checkpoint)
         self.base_state = copy.deepcopy(self.model.state_dict())
         frozen = copy.deepcopy(self.model.generator).requires_grad_(False)
-        self.reference = ToyModel(frozen, self.model.understanding.perception.net, checkpoint=self.model.checkpoint)
+        self.reference = ToyModel(frozen, self.model.understanding.perception.net, checkpoint=self.model.checkpoint,
+                                  planner=round_cfg.planner)
         self.judge_backend = ToyJudgeBackend({"checkpoint": str(self.model.checkpoint)})
         self.transport = InProcessTransport(self.judge_backend, ComponentsBoxer({}), max_batch=64)
         self.eval_prompts = _balanced(world.toy_prompts(eval_split), per_category=round_cfg.eval_per_category)
@@ -295,7 +297,7 @@ class Bench:
             return None
         c = self.cfg
         key = json.dumps({"ckpt": str(self.model.checkpoint), "prompts": [p.text for p in self.train_prompts],
-                          "k": c.candidates, "think": c.think, "steps": c.euler_steps, "g": c.guidance,
+                          "k": c.candidates, "think": c.think, "planner": c.planner, "steps": c.euler_steps, "g": c.guidance,
                           "regions": c.max_regions, "verify": c.verify_boxes, "seed": seed}, sort_keys=True)
         return self.cache_dir / f"candidates-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -475,11 +477,13 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int],
             "train": dict(info), "aliases": aliases}
 
 
-def summarise(evals: Dict[str, List[Evaluation]], *, n_boot: int = 10000) -> Dict[str, Any]:
+def summarise(evals: Dict[str, List[Evaluation]], *, resamples: int = 10000) -> Dict[str, Any]:
     """Per row: mean over seeds of overall and per-category accuracy, the spread of the seeds' overall,
     the paired bootstrap 95% interval of (row - base) in accuracy points over eval prompts (overall and
-    per category; think rows also against base_think) and the mean diagnostics."""
-    from .stats import paired_bootstrap_ci
+    per category, evaluation.stats.paired_bootstrap; think rows also against base_think) and the mean
+    diagnostics."""
+    from ...evaluation.protocol import size_weighted
+    from ...evaluation.stats import paired_bootstrap
 
     def prompt_scores(runs: List[Evaluation]) -> Dict[int, Tuple[str, float]]:
         acc: Dict[int, List[bool]] = defaultdict(list)
@@ -490,13 +494,11 @@ def summarise(evals: Dict[str, List[Evaluation]], *, n_boot: int = 10000) -> Dic
                 cat[p.index] = p.category
         return {i: (cat[i], float(np.mean(v))) for i, v in acc.items()}
 
-    def interval(a: Dict[int, Tuple[str, float]], b: Dict[int, Tuple[str, float]], category: Optional[str] = None):
-        keys = sorted(k for k in a if k in b and (category is None or a[k][0] == category))
-        if not keys:
-            return None
-        _, lo, hi = paired_bootstrap_ci([a[k][1] for k in keys], [b[k][1] for k in keys], n_boot=n_boot,
-                                        seed=len(keys))
-        return [round(100.0 * lo, 2), round(100.0 * hi, 2)]
+    def intervals(a: Dict[int, Tuple[str, float]], b: Dict[int, Tuple[str, float]]) -> Dict[str, Any]:
+        """row (category or overall) -> [lo, hi] of (a - b) in accuracy points"""
+        rows = paired_bootstrap(a, b, size_weighted, resamples=resamples, seed=len(a))["rows"]
+        return {r: None if v["ci"] is None else [round(100.0 * v["ci"][0], 2), round(100.0 * v["ci"][1], 2)]
+                for r, v in rows.items()}
 
     base = prompt_scores(evals["base"]) if "base" in evals else None
     base_think = prompt_scores(evals["base_think"]) if "base_think" in evals else None
@@ -513,10 +515,11 @@ def summarise(evals: Dict[str, List[Evaluation]], *, n_boot: int = 10000) -> Dic
             "per_category": {c: float(np.mean([s["per_category"][c] for s in scores])) for c in cats}}
         if base is not None:
             mine = prompt_scores(runs)
-            row["overall_ci"] = interval(mine, base)
-            row["per_category_ci"] = {c: interval(mine, base, c) for c in cats}
+            ci = intervals(mine, base)
+            row["overall_ci"] = ci.get("overall")
+            row["per_category_ci"] = {c: ci.get(c) for c in cats}
             if m.endswith("_think") and base_think is not None and m != "base_think":
-                row["overall_ci_vs_base_think"] = interval(mine, base_think)
+                row["overall_ci_vs_base_think"] = intervals(mine, base_think).get("overall")
         if runs[0].diagnostics:
             row["diagnostics"] = {k: float(np.mean([r.diagnostics[k] for r in runs])) for k in runs[0].diagnostics}
         out[m] = row

@@ -43,12 +43,10 @@ def x0_mass_t1(model: Any, prompts: Sequence[str], seeds: Sequence[int], *, guid
     """Colour mass of the guided x0 prediction at t = 1 (see the module docstring)."""
     import torch
 
-    from .plan import think_text
-
     out = []
     for i in range(0, len(prompts), model.batch_size):
         ps, ss = list(prompts[i:i + model.batch_size]), list(seeds[i:i + model.batch_size])
-        plans = [think_text(p, s)[0] for p, s in zip(ps, ss)] if think else None
+        plans = model.think_texts(ps, ss) if think else None
         eps = model._noise(ss)
         x0 = eps - model.velocity(eps, 1.0, ps, plans, guidance)      # one Euler step from t = 1 to 0
         out.append((x0 - 1.0).norm(dim=1).div(2.0).clamp(max=1.0).mean(dim=(1, 2)))

@@ -27,7 +27,7 @@ from ...judging.protocols import JudgeParams
 from ..base import FlowOutput, GeneratedImage
 from . import world
 
-_KNOWN_PARAMS = ("preset", "threads", "batch_size")
+_KNOWN_PARAMS = ("preset", "threads", "batch_size", "planner")
 
 
 class ToyModel:
@@ -39,9 +39,14 @@ class ToyModel:
     default_prompt_dropout = 0.1
 
     def __init__(self, generator: torch.nn.Module, perception: torch.nn.Module, *, checkpoint: Optional[Path] = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, planner: Optional[str] = None):
         from .judge import ToyUnderstanding
+        from .plan import DEFAULT_PLANNER, PLANNERS
 
+        planner = planner or DEFAULT_PLANNER
+        if planner not in PLANNERS:
+            raise ValueError(f"toy planner {planner!r} is not one of {', '.join(PLANNERS)}")
+        self.planner = planner
         self.generator = generator
         self.understanding = ToyUnderstanding(perception)
         self.checkpoint = checkpoint
@@ -117,6 +122,12 @@ class ToyModel:
         finally:
             net.train(was_training)
 
+    def think_texts(self, prompts: Sequence[str], seeds: Sequence[int]) -> List[str]:
+        """The understanding side's plan for each (prompt, seed), as think text (plan.think_text)."""
+        from .plan import think_text
+
+        return [think_text(p, s, self.planner)[0] for p, s in zip(prompts, seeds)]
+
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, think: bool = False, steps: int = 20,
                  guidance: float = 2.0, resolution: Optional[int] = None) -> List[GeneratedImage]:
         if len(prompts) != len(seeds):
@@ -128,11 +139,7 @@ class ToyModel:
             raise ValueError(f"generation.steps must be >= 1, got {steps}")
         if think and not self.supports_think:
             raise ValueError("generation.think: this toy generator has no think mode (built without plan channels)")
-        texts: List[Optional[str]] = [None] * len(prompts)
-        if think:
-            from .plan import think_text
-
-            texts = [think_text(p, s)[0] for p, s in zip(prompts, seeds)]
+        texts: List[Optional[str]] = self.think_texts(prompts, seeds) if think else [None] * len(prompts)
         plans = texts
         out: List[GeneratedImage] = []
         for i in range(0, len(prompts), self.batch_size):
@@ -261,7 +268,8 @@ def load_toy_model(params: Optional[Mapping[str, Any]] = None, checkpoint: Optio
     batch = int(params.get("batch_size", 64))
     if batch < 1:
         raise ValueError(f"model.params.batch_size must be >= 1, got {batch}")
-    model = ToyModel(load_generator(d), load_perception(d), checkpoint=d, batch_size=batch)
+    model = ToyModel(load_generator(d), load_perception(d), checkpoint=d, batch_size=batch,
+                     planner=params.get("planner"))
     model.default_prompt_dropout = float(read_meta(d)["config"]["generator"].get("p_uncond", 0.0))
     model.generator.train()
     return model

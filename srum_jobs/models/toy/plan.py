@@ -89,7 +89,44 @@ def _acceptable(plan: Plan, spec: world.PromptSpec) -> bool:
     return True
 
 
-def write_plan(spec: world.PromptSpec, rng: np.random.Generator, max_tries: int = 200) -> Plan:
+# The cells a tidy plan uses: a relation's two objects on either side of the centre; otherwise the objects
+# in a row through the middle, in the order the prompt names them.
+_TIDY_RELATION = {"left": ((1, 0), (1, 2)), "right": ((1, 2), (1, 0)),
+                  "above": ((0, 1), (2, 1)), "below": ((2, 1), (0, 1))}
+_TIDY_ROW = {1: ((1, 1),), 2: ((1, 0), (1, 2)), 3: ((1, 0), (1, 1), (1, 2))}
+
+
+def tidy_plan(spec: world.PromptSpec) -> Plan:
+    """The canonical plan of a prompt spec: one low-entropy composition per prompt wording (a reasoning
+    step settling on a tidy layout). "A left of B": A middle left, B middle right; "A above B": A top
+    centre, B bottom centre; otherwise the objects in the middle row, left to right in the prompt's order."""
+    if spec.relation is not None:
+        cells = _TIDY_RELATION[spec.relation]
+        objs = spec.ordered
+    else:
+        objs = spec.mentioned or spec.objects
+        if len(objs) not in _TIDY_ROW:
+            raise ValueError(f"a tidy plan lays out 1 to 3 objects, not {len(objs)}")
+        cells = _TIDY_ROW[len(objs)]
+    return Plan(tuple(PlannedObject(o, r, c) for o, (r, c) in zip(objs, cells)))
+
+
+# How the understanding side lays out a plan: "tidy" (tidy_plan, the default: what self-training can
+# teach plain mode is this prior) or "random" (random_plan: a layout the renderer could draw, the
+# pretraining distribution).
+PLANNERS = ("tidy", "random")
+DEFAULT_PLANNER = "tidy"
+
+
+def write_plan(spec: world.PromptSpec, rng: np.random.Generator, planner: str = DEFAULT_PLANNER) -> Plan:
+    if planner == "tidy":
+        return tidy_plan(spec)
+    if planner == "random":
+        return random_plan(spec, rng)
+    raise ValueError(f"unknown planner {planner!r}; planners are {', '.join(PLANNERS)}")
+
+
+def random_plan(spec: world.PromptSpec, rng: np.random.Generator, max_tries: int = 200) -> Plan:
     """A plan for a prompt spec: a layout the renderer could draw, abstracted to cells (distinct cells, the
     relation clear between cell centres). Spatial prompts list their objects in the relation's order."""
     for _ in range(max_tries):
@@ -104,14 +141,14 @@ def write_plan(spec: world.PromptSpec, rng: np.random.Generator, max_tries: int 
 NO_PLAN_TEXT = "The prompt is outside what I can plan; drawing it without a plan."
 
 
-def think_text(prompt: str, seed: int) -> Tuple[str, Optional[Plan]]:
+def think_text(prompt: str, seed: int, planner: str = DEFAULT_PLANNER) -> Tuple[str, Optional[Plan]]:
     """What the understanding side writes in think mode for one candidate: (text, plan or None). A prompt
     outside the grammar gets NO_PLAN_TEXT and no plan (the image is then drawn in plain mode)."""
     try:
         spec = world.parse_prompt(prompt)
     except world.PromptParseError:
         return NO_PLAN_TEXT, None
-    plan = write_plan(spec, np.random.default_rng([int(seed) & 0x7FFFFFFF, 7]))
+    plan = write_plan(spec, np.random.default_rng([int(seed) & 0x7FFFFFFF, 7]), planner)
     return plan.text(), plan
 
 

@@ -54,13 +54,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "demo": {
         "seed": 0,
         "perception": {"width": 24, "steps": 800, "batch": 64, "lr": 2e-3},
-        # Pretraining captions rarely state spatial relations or counts (5% each, as web captions rarely
-        # do); the self-rewarding round's prompts are compositional, T2I-CompBench-like (the train split).
+        # Pretraining streams renders of the pretrain split's compositions (every category alike); the
+        # self-rewarding round's prompts are held-out compositions (the train split).
         "generator": {"channels": [32, 64, 128], "text_dim": 128, "text_layers": 2, "steps": 2100, "batch": 64,
                       "lr": 1e-3, "warmup": 100, "schedule": "cosine", "ema": 0.995, "p_uncond": 0.1,
-                      "plan_channels": 8, "p_plan_drop": 0.5,
-                      "category_weights": {"color": 0.3, "shape": 0.3, "non-spatial": 0.3, "spatial": 0.05,
-                                           "numeracy": 0.05}},
+                      "plan_channels": 8, "p_plan_drop": 0.5},
     },
 }
 

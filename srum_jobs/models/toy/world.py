@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -99,6 +99,8 @@ class PromptSpec:
     relation: Optional[str] = None
     ordered: Tuple[Obj, ...] = ()
     layout_intent: bool = True      # False for the non-spatial control ("together with")
+    # the objects in the order the prompt names them (with repeats); wording, not content
+    mentioned: Tuple[Obj, ...] = field(default=(), compare=False)
 
     def content_key(self) -> str:
         """The composition, independent of wording and of which side a relation is stated from."""
@@ -165,7 +167,8 @@ def parse_prompt(text: str) -> PromptSpec:
             intent = False
     if len(objects) > 3:
         raise PromptParseError(f"prompt {text!r} asks for {len(objects)} objects; the toy world draws 1 to 3")
-    return PromptSpec(objects=tuple(sorted(objects)), relation=relation, ordered=ordered, layout_intent=intent)
+    return PromptSpec(objects=tuple(sorted(objects)), relation=relation, ordered=ordered, layout_intent=intent,
+                      mentioned=tuple(objects))
 
 
 # ------------------------------------------------------------------------------------------ phrasing
