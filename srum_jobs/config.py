@@ -139,7 +139,20 @@ class GenerationConfig(_Section):
 
 
 class RewardConfig(_Section):
-    mode: Literal["reference", "signed", "sparse"] = "reference"
+    mode: Literal["reference", "signed", "sparse", "corrective", "sample"] = Field(
+        "reference", description="reward map (rewards.py): reference | signed | sparse | corrective (1 except "
+                                 "penalised regions) | sample (one value per image)")
+    weighting: Literal["paper", "debiased"] = Field(
+        "paper", description="paper: per-token loss weights alpha*R; debiased: uniform weights, the reward moves "
+                             "the target between the sample's flow and the frozen base's velocity (training/loss.py)")
+    reference: Literal["sample", "base"] = Field(
+        "sample", description="what the lambda_c term anchors to: the sample's flow (paper) or the frozen base "
+                              "model's velocity (a KL-style anchor)")
+    push_away: float = Field(0.5, ge=0, le=1, description="debiased: strength of the push away from penalised regions")
+    dense_max_t: float = Field(1.0, gt=0, le=1, description="apply the dense map only at flow times t <= this; "
+                                                             "above, each record's map is replaced by its mean")
+    score_unverified: bool = Field(False, description="judge.verify_boxes: score the boxes the judge rejects "
+                                                      "(specks, stray objects) instead of dropping them")
     lambda_c: float = Field(0.5, ge=0)
     max_regions: int = Field(5, ge=0, le=64)
     min_region_area: float = Field(0.0, ge=0, description="fraction of the image; smaller boxes are dropped")
@@ -160,6 +173,13 @@ class RewardConfig(_Section):
             raise ValueError("a band is [low, high] with -1 <= low <= high <= 1")
         return v
 
+    @model_validator(mode="after")
+    def _weighting_reads_signs(self) -> "RewardConfig":
+        if self.weighting == "debiased" and self.mode == "reference":
+            raise ValueError("weighting 'debiased' reads the sign of the map; mode 'reference' has none (use "
+                             "corrective, signed, sparse or sample)")
+        return self
+
 
 class TrainingConfig(_Section):
     """Defaults are the paper's recipe (Table 5)."""
@@ -170,7 +190,12 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(500, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    timestep_shift: float = Field(4.0, gt=0)
+    timestep_shift: Optional[float] = Field(None, gt=0, description="None: the model's own (the toy's 1.0, else "
+                                                                    "4.0, the paper's)")
+    prompt_dropout: Optional[float] = Field(None, ge=0, lt=1, description="share of samples trained with the "
+                                            "empty prompt (and no plan); None: the model's pretraining rate")
+    plan_dropout: float = Field(0.5, ge=0, le=1, description="share of think-mode records trained without their "
+                                                              "plan, so both modes learn")
     steps: int = Field(300, ge=1, le=MAX_TRAINING_STEPS)
     batch_size: int = Field(8, ge=1)
     save_every: int = Field(100, ge=1)

@@ -94,6 +94,9 @@ class RegionJudgment(_Record):
     score: Optional[float] = Field(None, ge=-1.0, le=1.0)
     parsed: bool
     clamped: bool = False
+    # the judge's box verification: None = not asked; False = rejected (kept and scored only when the
+    # pipeline ran with reward.score_unverified; the reward map leaves it out unless that is set)
+    verified: Optional[bool] = None
 
 
 class GlobalJudgment(_Record):
@@ -134,6 +137,8 @@ class RewardRecord(_Record):
     regions_raw: str = ""
     judge_model: str = ""
     judge_version: str = ""
+    think_text: Optional[str] = Field(None, description="the model's think text (plan) the image was generated "
+                                                         "from, in think mode; training conditions on it")
 
     @property
     def candidate_id(self) -> str:

@@ -8,7 +8,15 @@ Modes (reward.mode):
              largest |s| (ties: the lower score, i.e. a penalty beats an equal praise); alpha = (g + 1) / 2
              is kept separate for the loss.
   sparse     the ablation: one 0/1 value for the whole image, 1 when g > reward.sparse_threshold.
-With reward.use_global False the global factor is left out (reference: not multiplied; signed: alpha = 1).
+  corrective for the debiased weighting (training/loss.py): 1 on the background and on every region the
+             judge does not penalise, the region's score where it is negative (the most negative region
+             wins where they overlap); alpha = (g + 1) / 2 separate. Praise does not vary over the image
+             (no object/background tilt); only criticism is local.
+  sample     the paper's sample-level baseline: one value, 1, for the whole image; alpha = (g + 1) / 2.
+With reward.use_global False the global factor is left out (reference: not multiplied; other modes: alpha = 1).
+Regions the judge's box verification rejected (RegionJudgment.verified False, recorded when judging ran
+with reward.score_unverified) count only when reward.score_unverified is set; otherwise they are left out
+exactly as if verification had dropped them.
 
 Representation. Every map here is piecewise constant on the grid cut by the boxes' edges, so it is built
 on that small grid (at most 2K+1 rows and columns for K boxes, all boxes at once with broadcasting) and
@@ -38,9 +46,10 @@ from .records import RewardRecord
 from .storage import sha256_hex
 
 SKIP_REASONS: Tuple[str, ...] = ("non_numeric", "non_finite", "inverted", "empty", "unscored")
-MODES: Tuple[str, ...] = ("reference", "signed", "sparse")
+MODES: Tuple[str, ...] = ("reference", "signed", "sparse", "corrective", "sample")
 REFERENCE_BACKGROUND = 0.5
 SIGNED_BACKGROUND = 0.0
+CORRECTIVE_BACKGROUND = 1.0
 
 
 class RewardMapError(ValueError):
@@ -234,6 +243,9 @@ def build_reward_map(boxes: Any, scores: Sequence[Optional[float]], global_score
         g = g if math.isfinite(g) else None
         value = 1.0 if (g is not None and g > sparse_threshold) else 0.0
         return RewardMap(mode, height, width, full_y, full_x, np.full((1, 1), value, np.float32), alpha=1.0)
+    if mode == "sample":
+        return RewardMap(mode, height, width, full_y, full_x, np.ones((1, 1), np.float32),
+                         alpha=_global_factor(global_score) if use_global else 1.0)
 
     try:
         box_list = list(boxes) if not isinstance(boxes, np.ndarray) else boxes
@@ -253,7 +265,8 @@ def build_reward_map(boxes: Any, scores: Sequence[Optional[float]], global_score
     s = np.clip(s[scored], -1.0, 1.0)
 
     factor = _global_factor(global_score) if use_global else 1.0
-    background = REFERENCE_BACKGROUND if mode == "reference" else SIGNED_BACKGROUND
+    background = {"reference": REFERENCE_BACKGROUND, "signed": SIGNED_BACKGROUND,
+                  "corrective": CORRECTIVE_BACKGROUND}[mode]
     ye = np.unique(np.concatenate([full_y, px[:, 1], px[:, 3]]))
     xe = np.unique(np.concatenate([full_x, px[:, 0], px[:, 2]]))
     if len(px):
@@ -265,6 +278,9 @@ def build_reward_map(boxes: Any, scores: Sequence[Optional[float]], global_score
             v = (s + 1.0) / 2.0
             best = np.where(cover, v[:, None, None], -np.inf).max(axis=0)
             values = np.maximum(best, background)
+        elif mode == "corrective":
+            worst = np.where(cover & (s < 0)[:, None, None], s[:, None, None], np.inf).min(axis=0)
+            values = np.where(np.isfinite(worst), worst, background)
         else:
             # winner per cell: largest |s|, ties to the lower s; order boxes so the winner comes last
             order = np.lexsort((-s, np.abs(s)))
@@ -285,8 +301,9 @@ def build_reward_map(boxes: Any, scores: Sequence[Optional[float]], global_score
 def reward_map_from_record(record: RewardRecord, cfg: Any) -> RewardMap:
     """The map of one reward record under a RewardConfig (mode, use_global, sparse_threshold)."""
     # Box fields are validated floats, so the numeric fast path of check_boxes applies
-    boxes = np.array([r.box.as_tuple() for r in record.regions], dtype=np.float64).reshape(-1, 4)
-    scores = [r.score if r.parsed else None for r in record.regions]
+    regions = [r for r in record.regions if r.verified is not False or getattr(cfg, "score_unverified", False)]
+    boxes = np.array([r.box.as_tuple() for r in regions], dtype=np.float64).reshape(-1, 4)
+    scores = [r.score if r.parsed else None for r in regions]
     return build_reward_map(boxes, scores, record.global_judgment.score, record.height, record.width,
                             mode=cfg.mode, use_global=cfg.use_global, sparse_threshold=cfg.sparse_threshold)
 

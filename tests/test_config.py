@@ -15,8 +15,9 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 def test_minimal_file_gets_paper_defaults():
     exp = parse_experiment({"name": "exp-1"})
     t = exp.training
+    # timestep_shift None: the model's own, 4.0 (the paper's) unless the adapter declares another
     assert (t.lr, t.betas, t.eps, t.weight_decay, t.warmup_steps, t.grad_clip, t.timestep_shift) == \
-        (2.5e-5, [0.9, 0.95], 1e-15, 0.0, 500, 1.0, 4.0)
+        (2.5e-5, [0.9, 0.95], 1e-15, 0.0, 500, 1.0, None)
     assert exp.reward.lambda_c == 0.5 and exp.reward.max_regions == 5 and exp.reward.mode == "reference"
     assert exp.reward.neutral_band == [-0.4, 0.4] and exp.reward.severe_band == [-0.9, -0.5]
     assert exp.storage.root.startswith("file://")

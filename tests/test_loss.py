@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -228,3 +230,190 @@ def test_train_step_bf16_autocast_path_runs_on_cpu():
     out = train_step(model, opt, build_scheduler(opt, cfg), torch.rand(2, 3, 4, 4), ["x", "y"], torch.ones(2, 2, 2),
                      torch.ones(2), cfg, 0.5, torch.Generator().manual_seed(0))
     assert out["skipped"] == 0.0 and math.isfinite(out["loss"]) and out["grad_norm"] > 0
+
+
+# ------------------------------------------------------------------------------- debiased weighting
+
+
+def _minimiser_gradient(weighting, reward, alpha, targets, v_star, v_ref=None, lambda_c=0.0, reference="sample"):
+    """The gradient of the loss at a shared prediction v_star for a batch of samples that share one x_t
+    (so one network output serves all of them): zero where v_star minimises the loss."""
+    b, n, c = targets.shape
+    v = v_star.expand(b, n, c).clone().requires_grad_(True)
+    srum_loss(v, targets, reward, alpha, lambda_c, weighting=weighting, v_ref=v_ref, reference=reference,
+              use_reference=lambda_c > 0).total.backward()
+    return v.grad.sum(0)           # the shared output's gradient is the sum over the samples
+
+
+def test_debiased_expected_target_is_the_data_flow_where_the_paper_is_tilted():
+    """One x_t, two equally likely samples: A has an object at token 0, B at token 1 (background
+    elsewhere); both passed (g = 1). The paper's weights (reference map: 1 on the object, 0.5 on the
+    background) pull each token toward the sample with the object there; the debiased target's minimiser
+    is the data flow E[eps - x0 | x_t], the plain mean of the two targets."""
+    from srum_jobs.rewards import build_reward_map
+
+    targets = torch.tensor([[[1.0], [-1.0]], [[-1.0], [1.0]]])           # (2 samples, 2 tokens, 1 channel)
+    flow = targets.mean(0)                                               # the data flow at this x_t
+    boxes = [[[0, 0, 1, 1]], [[1, 0, 2, 1]]]                              # token n = pixel (0, n)
+    paper_maps = torch.stack([torch.from_numpy(build_reward_map(b, [1.0], 1.0, 1, 2, mode="reference").pixels)
+                              .reshape(2) for b in boxes])
+    assert paper_maps.tolist() == [[1.0, 0.5], [0.5, 1.0]]
+    ones = torch.ones(2)
+    tilted = _minimiser_gradient("paper", paper_maps, ones, targets, flow)
+    assert tilted.abs().max() > 0.1                                      # the data flow is not its minimum
+    paper_min = (paper_maps[..., None] * targets).sum(0) / paper_maps.sum(0)[..., None]
+    assert torch.allclose(_minimiser_gradient("paper", paper_maps, ones, targets, paper_min), torch.zeros(2, 1),
+                          atol=1e-6)
+    assert paper_min[0, 0] > flow[0, 0] and paper_min[1, 0] > flow[1, 0]  # leans toward the object's sample
+    corrective = torch.stack([torch.from_numpy(build_reward_map(b, [1.0], 1.0, 1, 2, mode="corrective").pixels)
+                              .reshape(2) for b in boxes])
+    assert corrective.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    alpha = torch.tensor([build_reward_map(b, [1.0], 1.0, 1, 2, mode="corrective").alpha for b in boxes])
+    v_base = torch.tensor([[0.3], [-0.7]]).expand(2, 2, 1)               # whatever the base predicts
+    assert torch.allclose(_minimiser_gradient("debiased", corrective, alpha, targets, flow, v_base),
+                          torch.zeros(2, 1), atol=1e-6)
+
+
+def test_debiased_with_full_praise_is_plain_flow_matching():
+    v, target = _batch()
+    v_ref = torch.randn_like(v)
+    parts = srum_loss(v, target, torch.ones(3, 8), torch.ones(3), 0.0, weighting="debiased", v_ref=v_ref)
+    assert torch.allclose(parts.total, torch.nn.functional.mse_loss(v, target))
+
+
+def test_debiased_target_moves_between_base_and_sample_and_pushes_away_boundedly():
+    target = torch.tensor([[[1.0], [1.0], [1.0]]])
+    v_ref = torch.zeros(1, 3, 1)
+    r = torch.tensor([[1.0, 1.0, -0.8]])      # corrective map: praise, praise, a penalised region
+    alpha = torch.tensor([0.25])
+    # the minimiser per token: v_ref + rho (target - v_ref), rho = alpha (0.25) on praise, push * R below 0
+    best = torch.tensor([[[0.25], [0.25], [-0.4]]])
+    v = best.clone().requires_grad_(True)
+    srum_loss(v, target, r, alpha, 0.0, weighting="debiased", v_ref=v_ref, push_away=0.5).total.backward()
+    assert torch.allclose(v.grad, torch.zeros_like(v.grad), atol=1e-7)
+    # bounded: moving the penalised token further away raises the debiased loss; the paper's signed
+    # weight rewards it without limit
+    def loss(weighting, x):
+        vv = best.clone()
+        vv[0, 2, 0] = x
+        return float(srum_loss(vv, target, r, torch.ones(1), 0.0, weighting=weighting, v_ref=v_ref,
+                               push_away=0.5).total)
+    assert loss("debiased", -5.0) > loss("debiased", -0.5)
+    assert loss("paper", -50.0) < loss("paper", -5.0) < loss("paper", -0.5)
+
+
+def test_reference_term_anchors_to_the_base_velocity():
+    v, target = _batch()
+    v_ref = torch.randn_like(v)
+    parts = srum_loss(v, target, torch.ones(3, 8), torch.ones(3), 0.5, reference="base", v_ref=v_ref)
+    assert torch.allclose(parts.reference_term, ((v - v_ref) ** 2).mean())
+    assert torch.allclose(parts.total, ((v - target) ** 2).mean() + 0.5 * ((v - v_ref) ** 2).mean())
+    with pytest.raises(ValueError, match="needs the base model's velocity"):
+        srum_loss(v, target, torch.ones(3, 8), torch.ones(3), 0.5, reference="base")
+    with pytest.raises(ValueError, match="needs the base model's velocity"):
+        srum_loss(v, target, torch.ones(3, 8), torch.ones(3), 0.5, weighting="debiased")
+
+
+def test_dense_map_only_below_dense_max_t():
+    v, target = _batch(b=2, n=4)
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    t = torch.tensor([0.2, 0.9])
+    err = ((v - target) ** 2).mean(-1)
+    parts = srum_loss(v, target, r, torch.ones(2), 0.0, t=t, dense_max_t=0.5)
+    expected = torch.cat([r[0] * err[0], 0.25 * err[1]]).mean()      # t > 0.5: the row's mean, 0.25
+    assert torch.allclose(parts.total, expected)
+    with pytest.raises(ValueError, match="dense_max_t"):
+        srum_loss(v, target, r, torch.ones(2), 0.0, dense_max_t=0.5)
+
+
+@pytest.mark.parametrize("kw, msg", [({"weighting": "fancy"}, "reward.weighting"),
+                                     ({"reference": "teacher"}, "reward.reference"),
+                                     ({"push_away": 1.5}, "push_away")])
+def test_weighting_options_are_checked(kw, msg):
+    v, target = _batch()
+    with pytest.raises(ValueError, match=msg):
+        srum_loss(v, target, torch.ones(3, 8), torch.ones(3), 0.5, v_ref=v, **kw)
+
+
+class PlanFlowModel(TinyFlowModel):
+    """TinyFlowModel that also reads plans (a learned offset per sample with a plan) and records what it saw."""
+
+    default_timestep_shift = 1.0
+    default_prompt_dropout = 0.0
+
+    def __init__(self):
+        super().__init__()
+        self.plan_bias = torch.nn.Parameter(torch.ones(12))
+        self.seen = []
+
+    def training_forward(self, images, prompts, t, generator=None, plans=None):
+        self.seen.append((list(prompts), None if plans is None else list(plans), t.clone()))
+        out = super().training_forward(images, prompts, t, generator)
+        if plans is not None:
+            has = torch.tensor([p is not None for p in plans], dtype=torch.float32)[:, None, None]
+            out.v = out.v + has * self.plan_bias
+        return out
+
+
+def _step(model, cfg, plans=None, reward=None, reference_model=None, seed=0):
+    opt = build_optimizer(model.trainable_parameters(), cfg)
+    return train_step(model, opt, build_scheduler(opt, cfg), torch.rand(4, 3, 4, 4, generator=torch.Generator()
+                      .manual_seed(1)) * 2 - 1, ["a", "b", "c", "d"], torch.ones(4, 4, 4), torch.ones(4), cfg, 0.5,
+                      torch.Generator().manual_seed(seed), plans=plans, reward=reward, reference_model=reference_model)
+
+
+def test_train_step_plan_and_prompt_dropout():
+    plans = ["p1", "p2", None, "p4"]
+    m = PlanFlowModel()
+    _step(m, TrainingConfig(plan_dropout=0.0, prompt_dropout=0.0), plans)
+    assert m.seen[-1][:2] == (["a", "b", "c", "d"], plans)
+    _step(m, TrainingConfig(plan_dropout=1.0, prompt_dropout=0.0), plans)
+    assert m.seen[-1][1] == [None] * 4                       # every plan dropped: plain mode
+    m.seen.clear()
+    for seed in range(20):
+        _step(m, TrainingConfig(plan_dropout=0.5, prompt_dropout=0.3), plans, seed=seed)
+    dropped_prompts = [p == "" for ps, _, _ in m.seen for p in ps]
+    assert 0.1 < np.mean(dropped_prompts) < 0.5
+    # a dropped prompt drops its plan too; some plans are dropped while their prompt stays
+    pairs = [(p, q) for ps, qs, _ in m.seen for p, q in zip(ps, qs)]
+    assert all(q is None for p, q in pairs if p == "")
+    assert any(q is None for (p, q), orig in zip(pairs, plans * 20) if p and orig)
+    # the model's own timestep shift (1.0: median 0.5) applies when training.timestep_shift is unset
+    ts = torch.cat([t for _, _, t in m.seen])
+    assert abs(ts.median().item() - 0.5) < 0.15
+
+
+def test_train_step_with_a_frozen_reference_model():
+    import copy
+
+    from srum_jobs.config import RewardConfig
+
+    torch.manual_seed(0)
+    model = PlanFlowModel()
+    ref = copy.deepcopy(model).requires_grad_(False)
+    cfg = TrainingConfig(lr=1e-2, warmup_steps=0, prompt_dropout=0.0)
+    rc = RewardConfig(weighting="debiased", mode="corrective", reference="base")
+    with pytest.raises(ValueError, match="needs the frozen base model"):
+        _step(model, cfg, reward=rc)
+    out = _step(model, cfg, reward=rc, reference_model=ref)
+    # at the start the model is the base: the reference term is 0 and the debiased target is the sample's
+    assert out["reference_term"] == pytest.approx(0.0, abs=1e-10) and out["loss"] > 0
+    plain = PlanFlowModel()
+    plain.load_state_dict(ref.state_dict())
+    # rho = 1: the debiased term is plain flow matching, the paper's reward term with R = alpha = 1
+    assert _step(plain, cfg)["reward_term"] == pytest.approx(out["loss"], rel=1e-5)
+
+    class Unseeded(PlanFlowModel):
+        def training_forward(self, images, prompts, t, generator=None, plans=None):
+            return super().training_forward(images, prompts, t, None, plans)   # ignores the generator
+
+    with pytest.raises(RuntimeError, match="drew other noise"):
+        _step(Unseeded(), cfg, reward=rc, reference_model=Unseeded())
+
+
+def test_train_step_refuses_plans_an_adapter_cannot_read():
+    cfg = TrainingConfig(prompt_dropout=0.0)
+    with pytest.raises(ValueError, match="cannot condition training on think texts"):
+        _step(TinyFlowModel(), cfg, plans=["p", None, None, None])
+    assert math.isfinite(_step(TinyFlowModel(), TrainingConfig(prompt_dropout=0.0, plan_dropout=1.0),
+                               plans=["p", None, None, None])["loss"])

@@ -196,6 +196,35 @@ def test_map_from_record_uses_config_mode_and_skips_unparsed_regions():
     assert reward_map_from_record(rec, RewardConfig(mode="signed", use_global=False)).alpha == 1.0
 
 
+def test_corrective_map_is_flat_except_penalised_regions():
+    # 4x6 image: praise (0.9), a surplus copy (-0.6) overlapping a blob (-0.7), a misplaced object (0.0)
+    m = build_reward_map([[0, 0, 2, 2], [3, 0, 5, 2], [4, 1, 6, 3], [0, 2, 2, 4]], [0.9, -0.6, -0.7, 0.0], 0.5, 4, 6,
+                         mode="corrective")
+    expected = np.ones((4, 6), np.float32)
+    expected[0:2, 3:5] = -0.6
+    expected[1:3, 4:6] = -0.7           # the most negative region wins where they overlap
+    assert np.allclose(m.pixels, expected) and m.alpha == pytest.approx(0.75)
+    assert build_reward_map([], [], -1.0, 4, 6, mode="corrective").pixels.min() == 1.0
+    assert build_reward_map([[0, 0, 2, 2]], [-0.5], 0.5, 4, 6, mode="corrective", use_global=False).alpha == 1.0
+
+
+def test_sample_map_is_one_value_per_image_with_the_global_factor():
+    m = build_reward_map([[0, 0, 2, 2]], [-1.0], 0.2, 4, 6, mode="sample")
+    assert np.all(m.pixels == 1.0) and m.alpha == pytest.approx(0.6)
+    assert build_reward_map([], [], None, 4, 6, mode="sample").alpha == pytest.approx(0.5)   # unscored: neutral
+    assert build_reward_map([], [], 0.2, 4, 6, mode="sample", use_global=False).alpha == 1.0
+
+
+def test_regions_the_verifier_rejected_count_only_with_score_unverified():
+    rec = _record([((0, 0, 2, 2), 0.9), ((3, 0, 5, 2), -0.6)])
+    rejected = rec.model_copy(update={"regions": [rec.regions[0], rec.regions[1].model_copy(update={"verified": False})]})
+    dropped = reward_map_from_record(rejected, RewardConfig(mode="corrective"))
+    assert dropped.boxes_used == 1 and dropped.pixels.min() == 1.0
+    scored = reward_map_from_record(rejected, RewardConfig(mode="corrective", score_unverified=True))
+    assert scored.boxes_used == 2 and scored.pixels[0, 3] == pytest.approx(-0.6)
+    assert reward_map_from_record(rec, RewardConfig(mode="corrective")).boxes_used == 2   # verified None: counts
+
+
 def test_encode_decode_roundtrip_is_exact_and_compact():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 1024, size=(20, 2))

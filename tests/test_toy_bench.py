@@ -1,9 +1,11 @@
-"""`srum bench toy` and `srum toy pretrain` through the CLI, on the test preset (seconds)."""
+"""`srum bench toy` and `srum toy pretrain` through the CLI, on the test preset (seconds); the methods'
+reward settings, the paired statistics and the summary."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -11,60 +13,140 @@ from srum_jobs.models.toy import bench as B
 from srum_jobs.models.toy import world as w
 
 CATS = set(w.CATEGORIES)
+CONTRACT = ["base", "base_think", "sft", "sft_filtered", "sample_reward", "srum_paper", "srum_debiased", "srum",
+            "srum_no_global", "srum_no_ref", "srum_sparse", "srum_signed", "srum_lambda_0", "srum_lambda_1",
+            "sft_think", "srum_think"]
 
 
-def _check_method(r):
-    assert set(r) == {"overall", "overall_std", "per_category"}
+def _check_method(name, r):
+    assert {"overall", "overall_std", "per_category", "overall_ci", "per_category_ci", "diagnostics"} <= set(r)
     assert 0.0 <= r["overall"] <= 1.0 and r["overall_std"] >= 0.0
     assert set(r["per_category"]) == CATS and all(0.0 <= v <= 1.0 for v in r["per_category"].values())
+    lo, hi = r["overall_ci"]
+    assert -100.0 <= lo <= hi <= 100.0
+    assert set(r["diagnostics"]) == {"object_pixels", "extra_objects", "blobs", "x0_mass_t1"}
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_the_json_shape_of_the_issue(tmp_path):
     from srum_jobs.bench_cli import bench_group
 
     out = tmp_path / "bench.json"
-    res = CliRunner().invoke(bench_group, ["toy", "--preset", "test", "--ablations", "--seeds", "2", "--json",
-                                           str(out), "--threads", "1"])
+    res = CliRunner().invoke(bench_group, ["toy", "--preset", "test", "--ablations", "--lambda-c", "0,1", "--seeds",
+                                           "2", "--json", str(out), "--threads", "1"])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert set(data) == {"preset", "seeds", "judge_agreement", "methods"}
+    assert set(data) >= {"preset", "seeds", "judge_agreement", "methods"}
     assert data["preset"] == "test" and data["seeds"] == 2 and 0.0 <= data["judge_agreement"] <= 1.0
-    assert list(data["methods"]) == ["base", "sft", "srum", "srum_no_global", "srum_no_ref", "srum_sparse",
-                                     "srum_signed"]
-    for r in data["methods"].values():
-        _check_method(r)
-    assert "judge agreement" in res.output and "srum_signed" in res.output
+    assert list(data["methods"]) == CONTRACT
+    for name, r in data["methods"].items():
+        _check_method(name, r)
+    assert data["methods"]["base"]["overall_ci"] == [0.0, 0.0]
+    assert "overall_ci_vs_base_think" in data["methods"]["srum_think"]
+    # the default recipe is the debiased weighting: one training, two names
+    assert data["aliases"] == {"srum": "srum_debiased"}
+    assert data["methods"]["srum"] == data["methods"]["srum_debiased"]
+    assert "judge agreement" in res.output and "srum_signed" in res.output and "x0_mass_t1" in res.output
+    bad = CliRunner().invoke(bench_group, ["toy", "--preset", "test", "--lambda-c", "0,x"])
+    assert bad.exit_code != 0 and "0,x" in bad.output
 
 
-def test_bench_without_ablations_and_its_details():
+def test_bench_base_methods_and_details():
     details = {}
-    data = B.run_bench("test", seeds=1, details=details)
-    assert list(data["methods"]) == ["base", "sft", "srum"]
-    assert data["methods"]["base"]["overall_std"] == 0.0
-    assert details["kept"] and details["kept"][0] > 0
+    data = B.run_bench("test", seeds=1, details=details, round_cfg=B.RoundConfig(
+        **{**B.asdict(B.ROUNDS["test"]), "diagnostics": False}))
+    assert list(data["methods"]) == ["base", "base_think", "sft", "sft_filtered", "sample_reward", "srum_paper",
+                                     "srum_debiased", "srum", "sft_think", "srum_think"]
+    assert data["methods"]["base"]["overall_std"] == 0.0 and "diagnostics" not in data["methods"]["base"]
+    assert details["kept"]["sft"] == [10] and details["train_prompts"] == 5
+    assert details["train"]["sft"][0]["steps"] == B.ROUNDS["test"].steps(10) == 5
     assert {"generate", "judge", "train", "evaluate"} <= set(details["phases_s"])
     with pytest.raises(ValueError, match="unknown toy preset 'big'"):
         B.run_bench("big")
 
 
-def test_methods_get_their_reward_settings():
-    bench = B.Bench.__new__(B.Bench)
-    bench.cfg = B.ROUNDS["demo"]
-    assert bench.reward_config("srum").mode == "reference" and bench.reward_config("srum").use_global
-    assert bench.reward_config("srum_no_global").use_global is False
-    assert bench.reward_config("srum_sparse").mode == "sparse"
-    assert bench.reward_config("srum_signed").mode == "signed"
-    assert bench.training_config("srum_no_ref", 0).use_reference is False
-    assert bench.training_config("srum", 0).use_reference is True
-    maps, alphas, lam, use_global = bench.maps("sft", [object()] * 3)
-    assert maps.shape == (3, 32, 32) and float(maps.min()) == 1.0 and lam == 0.0 and not use_global
+def _record(g, regions=()):
+    from srum_jobs.records import Box, GlobalJudgment, RegionJudgment, RewardRecord
+
+    rj = [RegionJudgment(region_id=i, box=Box(x0=b[0], y0=b[1], x1=b[2], y1=b[3]), score=s, parsed=True,
+                         verified=v) for i, (b, s, v) in enumerate(regions, start=1)]
+    return RewardRecord(prompt_id="p", prompt="a red circle", category="color", candidate_index=0, seed=0,
+                        image_key="k", image_sha256="0" * 64, width=32, height=32, regions=rj,
+                        global_judgment=GlobalJudgment(score=g, parsed=True), think_text="Plan: red circle at top left")
 
 
-def test_summary_statistics():
-    runs = {"srum": [{"overall": 0.5, "per_category": {"color": 0.4}}, {"overall": 0.7, "per_category": {"color": 0.6}}]}
-    s = B.summarise(runs)["srum"]
-    assert s["overall"] == pytest.approx(0.6) and s["overall_std"] == pytest.approx(0.1414213, rel=1e-5)
-    assert s["per_category"] == {"color": pytest.approx(0.5)}
+def test_methods_get_the_papers_baselines_and_the_recipe():
+    from srum_jobs.rewards import reward_map_from_record, training_filter
+
+    cfg = B.ROUNDS["demo"]
+    passed = _record(0.9, [((0, 0, 10, 10), 0.9, True), ((20, 20, 24, 24), -0.6, False)])
+    failed = _record(-0.8, [((0, 0, 10, 10), -1.0, True)])
+
+    def use(method, rec):
+        return training_filter(rec, B.method_configs(method, cfg)[0])[0]
+
+    def rmap(method, rec):
+        return reward_map_from_record(rec, B.method_configs(method, cfg)[0])
+
+    # sft: every candidate, uniform weights, no reference term
+    assert use("sft", failed) and use("sft", passed)
+    assert np.all(rmap("sft", failed).pixels == 1) and rmap("sft", failed).alpha == 1.0
+    assert B.method_configs("sft", cfg)[0].lambda_c == 0.0
+    # sft_filtered: only what the judge scored above 0
+    assert use("sft_filtered", passed) and not use("sft_filtered", failed)
+    # sample_reward: the global score as one weight per image, the paper's loss
+    sr = rmap("sample_reward", failed)
+    assert np.all(sr.pixels == 1) and sr.alpha == pytest.approx(0.1)
+    assert B.method_configs("sample_reward", cfg)[0].weighting == "paper"
+    # srum_paper: reference map, rejected boxes left out, failures kept
+    paper = rmap("srum_paper", passed)
+    assert paper.boxes_used == 1 and paper.pixels[2, 2] == pytest.approx(0.95 * 0.95)
+    assert use("srum_paper", failed)
+    # srum (the recipe): debiased, corrective map scoring the rejected speck, anchored to the base
+    rc, train = B.method_configs("srum", cfg)
+    assert (rc.weighting, rc.mode, rc.reference) == ("debiased", "corrective", "base") and train == {}
+    m = rmap("srum", passed)
+    assert m.pixels[22, 22] == pytest.approx(-0.6) and m.pixels[2, 2] == 1.0 and m.alpha == pytest.approx(0.95)
+    assert use("srum", failed)
+    # ablations change one thing each
+    assert B.method_configs("srum_no_global", cfg)[0].use_global is False
+    assert B.method_configs("srum_no_ref", cfg)[1] == {"use_reference": False}
+    assert B.method_configs("srum_sparse", cfg)[0].mode == "sparse"
+    assert B.method_configs("srum_signed", cfg)[0].mode == "signed"
+    assert B.method_configs("srum_lambda_2", cfg)[0].lambda_c == 2.0
+    assert B.method_configs("srum_paper_anchor", cfg)[0].reference == "base"
+    with pytest.raises(ValueError, match="unknown bench method 'magic'"):
+        B.method_configs("magic", cfg)
+    with pytest.raises(ValueError, match="'x' is not a number"):
+        B.method_configs("srum_lambda_x", cfg)
+
+
+def test_summary_pairs_prompts_across_seeds():
+    prompts = [B._balanced(w.toy_prompts("eval"), per_category=2)[i] for i in range(10)]
+    base = [B.Evaluation([False] * 10, prompts, {})]
+    better = [B.Evaluation([True] * 5 + [False] * 5, prompts, {})]
+    out = B.summarise({"base": base, "m": better}, resamples=2000)
+    assert out["m"]["overall"] == 0.5 and out["base"]["overall_ci"] == [0.0, 0.0]
+    lo, hi = out["m"]["overall_ci"]
+    assert 0.0 < lo <= 50.0 <= hi <= 100.0
+    assert set(out["m"]["per_category_ci"]) == CATS
+
+
+def test_round_settings_from_the_command_line():
+    from srum_jobs.bench_cli import bench_group
+
+    cfg = B.round_config("demo", {"lr": "3e-4", "train_prompts": "100", "ema": "0.99", "min_global": "none",
+                                  "think": "false", "weighting": "paper"})
+    assert (cfg.lr, cfg.train_prompts, cfg.ema, cfg.min_global, cfg.think) == (3e-4, 100, 0.99, None, False)
+    for bad, msg in (({"lr": "fast"}, "lr='fast' is not a float"), ({"speed": "1"}, "unknown round setting 'speed'"),
+                     ({"think": "maybe"}, "not true or false")):
+        with pytest.raises(ValueError, match=msg):
+            B.round_config("demo", bad)
+    for args, msg in ((["--set", "lr"], "'lr' is not KEY=VALUE"), (["--set", "epochs=x"], "epochs='x'"),
+                      (["--methods", "sft,magic"], "unknown bench method 'magic'"),
+                      (["--set", "weighting=fancy"], "weighting")):
+        res = CliRunner().invoke(bench_group, ["toy", "--preset", "test", *args])
+        assert res.exit_code != 0 and msg in res.output, res.output
 
 
 def test_balanced_prompt_selection():
@@ -80,7 +162,8 @@ def test_toy_pretrain_cli_rebuilds_the_preset(monkeypatch, tmp_path):
 
     tiny = {"seed": 1, "perception": {"width": 4, "steps": 2, "batch": 2, "lr": 1e-3},
             "generator": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "steps": 2, "batch": 2,
-                          "lr": 1e-3, "warmup": 1, "ema": 0.5, "p_uncond": 0.1}}
+                          "lr": 1e-3, "warmup": 1, "ema": 0.5, "p_uncond": 0.1, "plan_channels": 8,
+                          "p_plan_drop": 0.5}}
     monkeypatch.setitem(pt.PRESETS, "test", tiny)
     monkeypatch.setenv("SRUM_CACHE_DIR", str(tmp_path))
     res = CliRunner().invoke(toy_group, ["pretrain", "--preset", "test", "--threads", "1"])

@@ -179,6 +179,51 @@ def test_the_judging_pipeline_runs_on_the_toy_backends(toy_judge):
             assert all(r.parsed and r.object for r in rec.regions)
 
 
+def test_artefact_boxes_are_scored_not_dropped_with_score_unverified(toy_judge):
+    """A stray speck and an unrelated object: verification rejects both; with reward.score_unverified they
+    stay in the record, scored negative and marked unverified, and the think text travels with it."""
+    from srum_jobs.config import JudgeConfig, RewardConfig
+    from srum_jobs.judging.inprocess import InProcessTransport
+    from srum_jobs.judging.pipeline import CandidateItem, judge_many
+    from srum_jobs.models.toy.components import ComponentsBoxer
+    from srum_jobs.records import Prompt
+    from srum_jobs.rewards import reward_map_from_record
+
+    rng = np.random.default_rng(5)
+    img, _, placed = w.render(w.parse_prompt("two green triangles"), rng)
+    img = img.copy()
+    # a 2x3 speck of red and a blue square the prompt never mentions, away from the triangles
+    taken = np.zeros((32, 32), bool)
+    for pl in placed:
+        taken[max(0, pl.y0 - 2):pl.y0 + pl.size + 2, max(0, pl.x0 - 2):pl.x0 + pl.size + 2] = True
+    spots = [(y, x) for y in range(0, 24) for x in range(0, 24) if not taken[y:y + 9, x:x + 9].any()]
+    (sy, sx), (by, bx) = spots[0], spots[-1]
+    img[sy:sy + 2, sx:sx + 3] = w.COLORS["red"]
+    img[by + 1:by + 8, bx + 1:bx + 8] = w.COLORS["blue"]
+    buf = io.BytesIO()
+    w.to_pil(img).save(buf, format="PNG")
+    prompt = Prompt(id="p", text="two green triangles", category="numeracy", index=0)
+    item = CandidateItem(buf.getvalue(), prompt, 0, 1, "img.png", 32, 32, think_text="Plan: green triangle at top left")
+    transport = InProcessTransport(toy_judge, ComponentsBoxer({}))
+
+    def judged(score_unverified):
+        return asyncio.run(judge_many(transport, [item], judge=JudgeConfig(verify_boxes=True),
+                                      reward=RewardConfig(score_unverified=score_unverified)))[0]
+
+    dropped, scored = judged(False), judged(True)
+    assert dropped.think_text == scored.think_text == "Plan: green triangle at top left"
+    assert scored.boxes_proposed == len(scored.regions) == 4          # two triangles, the speck, the square
+    assert all(r.verified is True for r in dropped.regions)
+    rejected = [r for r in scored.regions if r.verified is False]
+    assert rejected and len(scored.regions) == len(dropped.regions) + len(rejected)
+    assert [r.box for r in scored.regions if r.verified] == [r.box for r in dropped.regions]
+    assert all(r.parsed and r.score is not None for r in rejected)
+    # what the reward map makes of them is the reward config's choice (rewards.py)
+    with_rejected = reward_map_from_record(scored, RewardConfig(mode="signed", score_unverified=True))
+    assert with_rejected.boxes_used == 4
+    assert reward_map_from_record(scored, RewardConfig(mode="signed")).boxes_used == len(dropped.regions)
+
+
 # ------------------------------------------------------------------------------- learned perception
 def test_shipped_demo_judge_reads_fresh_renders(monkeypatch):
     """The demo judge (when its checkpoint ships with the package) agrees with the ground truth of fresh

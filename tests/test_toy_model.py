@@ -21,7 +21,8 @@ def toy():
 
 def test_toy_model_implements_the_protocol(toy):
     assert isinstance(toy, UnifiedModel)
-    assert toy.name == "toy" and toy.supports_think is False
+    assert toy.name == "toy" and toy.supports_think is True
+    assert toy.default_timestep_shift == 1.0 and toy.default_prompt_dropout == 0.1   # its pretraining's
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['presett'\]"):
         load_model("toy", {"presett": "test"})
     with pytest.raises(ValueError, match="preset 'huge' is not one of"):
@@ -96,7 +97,8 @@ def test_understanding_answers_in_the_judge_format(toy):
 # --------------------------------------------------------------------------------------- pretraining
 TINY = {"seed": 3, "perception": {"width": 4, "steps": 3, "batch": 4, "lr": 1e-3},
         "generator": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "steps": 3, "batch": 4,
-                      "lr": 1e-3, "warmup": 1, "ema": 0.5, "p_uncond": 0.1}}
+                      "lr": 1e-3, "warmup": 1, "ema": 0.5, "p_uncond": 0.1, "plan_channels": 8,
+                      "p_plan_drop": 0.5}}
 
 
 @pytest.fixture
@@ -179,9 +181,45 @@ def test_shipped_demo_checkpoint_rebuilds_from_its_seed():
     rebuilt = pt.ensure_base("demo", rebuild=True)
     got = measure_base(rebuilt)
     assert abs(got["accuracy"] - meta["benchmark"]["accuracy"]) <= 0.05, (got, meta["benchmark"])
+    assert abs(got["think"]["overall"] - meta["benchmark"]["think"]["overall"]) <= 0.05, (got, meta["benchmark"])
 
 
 def test_unknown_generator_schedule_is_named(tiny_preset, monkeypatch):
     monkeypatch.setitem(pt.PRESETS["tiny"]["generator"], "schedule", "linear")
     with pytest.raises(pt.PretrainError, match="schedule 'linear'"):
         pt.train_generator(pt.PRESETS["tiny"]["generator"], 0, log=lambda m: None)
+
+
+def test_stages_keep_think_texts_and_train_the_debiased_loss_against_the_frozen_base(tmp_path):
+    """generate (think mode) -> rewards -> train through the stage entrypoints, in process: each record keeps
+    the plan its image was drawn from, the training index carries it, and the train stage builds the
+    frozen base for the debiased loss and its base anchor."""
+    from srum_jobs.config import parse_experiment
+    from srum_jobs.judging.inprocess import InProcessTransport
+    from srum_jobs.models.toy.components import ComponentsBoxer
+    from srum_jobs.models.toy.judge import ToyJudgeBackend
+    from srum_jobs.models.toy.plan import parse_plan
+    from srum_jobs.stages import generate, rewards, train
+    from srum_jobs.stages.common import StageContext
+    from srum_jobs.stages.rewards import load_training_index, shard_records
+
+    exp = parse_experiment({
+        "name": "think-debiased", "storage": {"root": f"file://{tmp_path}"},
+        "prompts": {"source": "toy://train", "limit": 3},
+        "model": {"adapter": "toy", "params": {"preset": "test"}},
+        "generation": {"candidates_per_prompt": 2, "steps": 2, "think": True, "batch_size": 8},
+        "reward": {"mode": "corrective", "weighting": "debiased", "reference": "base", "score_unverified": True},
+        "training": {"steps": 2, "batch_size": 2, "warmup_steps": 0, "save_every": 2, "lr": 1e-4}})
+    transport = InProcessTransport(ToyJudgeBackend({"preset": "test"}), ComponentsBoxer({}))
+    generate.run(exp, 1, transport=transport, progress=False)
+    rewards.run(exp, 1, progress=False)
+    ctx = StageContext.create(exp, 1)
+    recs = shard_records(ctx, 0, 1)
+    assert len(recs) == 6 and all(parse_plan(r.think_text).objects for r in recs)
+    index = load_training_index(ctx)
+    assert index and all(e["think_text"] for e in index)
+    summary = train.run(exp, 1, progress=False)
+    assert summary["final_step"] == 2
+    metrics = train.load_metrics(ctx)
+    assert len(metrics) == 2 and all(np.isfinite(m["loss"]) for m in metrics)
+    assert metrics[0]["reference_term"] == pytest.approx(0.0, abs=1e-9)   # step 1: the model is the base

@@ -58,12 +58,17 @@ def test_prompt_sets_are_deterministic_balanced_and_disjoint_by_content():
             assert w.parse_prompt(p.text) == p.spec
     assert all(n == 40 for n in Counter(p.category for p in w.prompt_set("eval")).values())
     keys = {s: {p.spec.content_key() for p in w.prompt_set(s)} for s in w.SPLITS}
-    assert not keys["train"] & keys["eval"] and not keys["val"] & keys["eval"] and not keys["train"] & keys["val"]
-    # pretraining draws only training compositions
+    for a in w.SPLITS:
+        for b in w.SPLITS:
+            assert a == b or not keys[a] & keys[b], (a, b)
+    # pretraining draws only pretraining compositions: a round's train prompts are new to the base model
     rng = np.random.default_rng(0)
     for _ in range(300):
-        p = w.random_prompt(rng, split="train")
-        assert w.content_split(p.spec.content_key()) == "train"
+        p = w.random_prompt(rng, split="pretrain")
+        assert w.content_split(p.spec.content_key()) == "pretrain"
+    # the val and eval splits are the ones they were before the pretrain/train cut (settings chosen on
+    # val before it stay comparable)
+    assert w.prompt_set("eval")[0].text == "a blue triangle and a red triangle"
 
 
 def test_toy_prompts_are_records_with_indices():
@@ -253,6 +258,6 @@ def test_content_split_is_stratified_and_names_an_unknown_key():
             spec = w._comp_spec(*c)
             by_stratum.setdefault(w._stratum(spec), Counter())[w.content_split(spec.content_key())] += 1
     large = [n for n in by_stratum.values() if sum(n.values()) >= 10]
-    assert large and all(set(n) == {"train", "val", "eval"} for n in large)
+    assert large and all(set(n) == set(w.SPLITS) for n in large)
     with pytest.raises(ValueError, match="'nope' is not the content key"):
         w.content_split("nope")

@@ -8,8 +8,10 @@ For one candidate:
      the largest max(reward.max_regions, judge.verify_candidates) boxes; the largest reward.max_regions
      confirmed ones are kept,
      a box the judge says shows no prompt object is dropped (an unreadable verification keeps the box:
-     a confused verifier must not erase signal); with verification off this is the reference code's
-     behaviour, top regions by area;
+     a confused verifier must not erase signal); with reward.score_unverified it is kept, judged like the
+     others and recorded with verified=false, so artefacts (specks, stray objects) get their (negative)
+     score instead of vanishing; with verification off this is the reference code's behaviour, top
+     regions by area;
   4. one region-judgment request for the kept boxes and one global request (layout, or the whole-sample
      judgment for the ablation), sent concurrently;
   5. each parsed with retries (judge.parse_attempts; a re-ask appends a format reminder); after that a
@@ -117,14 +119,15 @@ async def ask(transport: JudgeTransport, image_png: bytes, instruction: str, par
 
 async def _verify(transport: JudgeTransport, png: bytes, prompt: str, boxes: List[SelectedBox], width: int,
                   height: int, templates: Templates, params: JudgeParams, attempts: int,
-                  limiter: Optional[asyncio.Semaphore]) -> List[Tuple[SelectedBox, Optional[str]]]:
+                  limiter: Optional[asyncio.Semaphore]) -> List[Tuple[SelectedBox, Optional[str], bool]]:
+    """(box, object noun, verified) for every box; unreadable verifications count as verified."""
     async def one(b: SelectedBox) -> Tuple[bool, Optional[str]]:
         res, _, _ = await ask(transport, png, templates.render_verify(prompt, b.clamped, width, height), params,
                               parse_verify, lambda r: int(r.parsed), 1, attempts, limiter)
         return (res.answer is not False), res.object   # unreadable: keep the box
 
     verdicts = await asyncio.gather(*(one(b) for b in boxes))
-    return [(b, noun) for b, (keep, noun) in zip(boxes, verdicts) if keep]
+    return [(b, noun, keep) for b, (keep, noun) in zip(boxes, verdicts)]
 
 
 async def judge_global(transport: JudgeTransport, image_png: bytes, prompt: str, judge: JudgeConfig, *,
@@ -151,7 +154,8 @@ async def judge_candidate(transport: JudgeTransport, image_png: bytes, prompt: P
                           seed: int, image_key: str, width: int, height: int, judge: JudgeConfig,
                           reward: RewardConfig, image_sha256: Optional[str] = None,
                           templates: Optional[Templates] = None, global_kind: str = "global",
-                          limiter: Optional[asyncio.Semaphore] = None) -> RewardRecord:
+                          limiter: Optional[asyncio.Semaphore] = None,
+                          think_text: Optional[str] = None) -> RewardRecord:
     """Boxes -> selection -> (verification) -> region + global judgments -> a RewardRecord.
 
     `global_kind` "sample" asks the whole-image judgment (the sample-level ablation baseline) instead of
@@ -172,16 +176,18 @@ async def judge_candidate(transport: JudgeTransport, image_png: bytes, prompt: P
         proposal = await _limited(limiter, transport.propose_boxes, image_png, options)
         n_proposed = int(np.asarray(proposal.boxes).reshape(-1, 4).shape[0])
         selected = select_boxes(proposal, width, height, n_candidates, reward.min_region_area)
+    kept: List[Tuple[SelectedBox, Optional[str], Optional[bool]]]
     if judge.verify_boxes and selected:
-        kept = (await _verify(transport, image_png, prompt.text, selected, width, height, tpl, params, attempts,
-                              limiter))[:reward.max_regions]
+        checked = await _verify(transport, image_png, prompt.text, selected, width, height, tpl, params, attempts,
+                                limiter)
+        kept = [k for k in checked if k[2] or reward.score_unverified][:reward.max_regions]
     else:
-        kept = [(b, None) for b in selected]
+        kept = [(b, None, None) for b in selected]
 
     async def regions_job() -> Tuple[Optional[RegionsParse], str, int]:
         if not kept:
             return None, "", 1
-        instruction = tpl.render_regions(prompt.text, [b.clamped for b, _ in kept], width, height)
+        instruction = tpl.render_regions(prompt.text, [b.clamped for b, _, _ in kept], width, height)
         return await ask(transport, image_png, instruction, params, lambda t: parse_regions(t, len(kept)),
                          lambda r: r.scored, len(kept), attempts, limiter)
 
@@ -190,20 +196,21 @@ async def judge_candidate(transport: JudgeTransport, image_png: bytes, prompt: P
                                     kind=global_kind, width=width, height=height, limiter=limiter))
 
     regions: List[RegionJudgment] = []
-    for i, (b, noun) in enumerate(kept, start=1):
+    for i, (b, noun, verified) in enumerate(kept, start=1):
         r = rparse.regions.get(i) if rparse is not None else None
         box = Box(x0=b.proposed[0], y0=b.proposed[1], x1=b.proposed[2], y1=b.proposed[3], area=b.area,
                   confidence=b.confidence)
         regions.append(RegionJudgment(region_id=i, box=box, object=(r.object if r and r.object else noun),
                                       score=None if r is None else r.score, parsed=r is not None,
-                                      clamped=bool(r and r.clamped)))
+                                      clamped=bool(r and r.clamped), verified=verified))
     ident = transport.identity()
     return RewardRecord(
         prompt_id=prompt.id, prompt=prompt.text, category=prompt.category, candidate_index=candidate_index,
         seed=seed, image_key=image_key, image_sha256=image_sha256 or sha256_hex(image_png), width=width,
         height=height, boxes_proposed=n_proposed, regions=regions, global_judgment=global_judgment,
         regions_parsed=(rparse is None or rparse.parsed), regions_attempts=rattempts, regions_raw=rraw,
-        judge_model=str(ident.get("judge_model", "")), judge_version=str(ident.get("judge_version", "")))
+        judge_model=str(ident.get("judge_model", "")), judge_version=str(ident.get("judge_version", "")),
+        think_text=think_text)
 
 
 # ------------------------------------------------------------------------------------------- many
@@ -221,6 +228,7 @@ class CandidateItem:
     width: int
     height: int
     image_sha256: Optional[str] = None
+    think_text: Optional[str] = None
 
 
 async def _aiter(items: Union[Iterable[T], AsyncIterable[T]]):
@@ -255,7 +263,7 @@ async def judge_many(transport: JudgeTransport, items: Union[Iterable[CandidateI
                                         seed=item.seed, image_key=item.image_key, width=item.width,
                                         height=item.height, judge=judge, reward=reward,
                                         image_sha256=item.image_sha256, templates=tpl, global_kind=global_kind,
-                                        limiter=limiter)
+                                        limiter=limiter, think_text=item.think_text)
             results[index] = rec
             if on_result is not None:
                 done = on_result(index, rec)

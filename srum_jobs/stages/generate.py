@@ -80,7 +80,8 @@ async def _generate_and_judge(ctx: StageContext, shard: int, todo: List[Item], m
             png = png_bytes(generated.image)
             ikey = ctx.layout.candidate_image_key(shard, prompt.index, k)
             await asyncio.to_thread(ctx.store.put_bytes, ikey, png)
-            record = await judge_fn(png, prompt, k, seed, ikey, sha256_hex(png), generated.image.size)
+            record = await judge_fn(png, prompt, k, seed, ikey, sha256_hex(png), generated.image.size,
+                                    generated.think_text)
             # the record is written last: its presence means the candidate is completely done
             await asyncio.to_thread(ctx.store.put_text, ctx.layout.candidate_record_key(shard, prompt.index, k),
                                     record.to_json_line())
@@ -111,13 +112,15 @@ async def _generate_and_judge(ctx: StageContext, shard: int, todo: List[Item], m
 
 
 def make_judge_fn(ctx: StageContext, transport: Any):
-    """Bind the judging pipeline to this experiment: (png, prompt, k, seed, key, sha, size) -> RewardRecord."""
+    """Bind the judging pipeline to this experiment: (png, prompt, k, seed, key, sha, size, think text) ->
+    RewardRecord (the think text, the plan the image was generated from, is kept in the record)."""
     from ..judging.pipeline import judge_candidate
 
-    async def judge_fn(png: bytes, prompt: Prompt, k: int, seed: int, ikey: str, sha: str, size) -> RewardRecord:
+    async def judge_fn(png: bytes, prompt: Prompt, k: int, seed: int, ikey: str, sha: str, size,
+                       think_text=None) -> RewardRecord:
         return await judge_candidate(transport, png, prompt, candidate_index=k, seed=seed, image_key=ikey,
                                      image_sha256=sha, width=size[0], height=size[1],
-                                     judge=ctx.exp.judge, reward=ctx.exp.reward)
+                                     judge=ctx.exp.judge, reward=ctx.exp.reward, think_text=think_text)
     return judge_fn
 
 

@@ -45,7 +45,8 @@ def run(exp: Experiment, round: int, shard: Optional[int] = None, num_shards: Op
                          "prompt": rec.prompt, "category": rec.category, "image_key": rec.image_key,
                          "image_sha256": rec.image_sha256,
                          "reason": reason, "global_score": rec.global_judgment.score,
-                         "global_parsed": rec.global_judgment.parsed, "regions_parsed": rec.regions_parsed}
+                         "global_parsed": rec.global_judgment.parsed, "regions_parsed": rec.regions_parsed,
+                         "think_text": rec.think_text}
                 if use:
                     rmap = reward_map_from_record(rec, exp.reward)
                     key = ctx.layout.reward_map_key(s, rec.prompt_id, rec.candidate_index)

@@ -86,7 +86,9 @@ def _load_batch(ctx: StageContext, entries: List[dict]):
         rmap = decode_map(ctx.store.get_bytes(e["map_key"], verify=True))
         maps.append(torch.from_numpy(np.asarray(rmap.pixels, dtype=np.float32)))
         alphas.append(float(rmap.alpha))
-    return pixels_from_images(images), [e["prompt"] for e in entries], torch.stack(maps), torch.tensor(alphas)
+    plans = [e.get("think_text") for e in entries]   # the plan each image was generated from (think mode)
+    return (pixels_from_images(images), [e["prompt"] for e in entries], torch.stack(maps), torch.tensor(alphas),
+            plans if any(plans) else None)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -117,7 +119,7 @@ def _parallel_params(exp: Experiment) -> Dict[str, str]:
 def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, progress: bool = True) -> Dict[str, Any]:
     """Train the round (the stage is not sharded: every torchrun worker runs this with shard 0 of 1)."""
     from ..training.checkpoint import load_checkpoint, load_newest_good, prune_checkpoints, save_checkpoint, save_part
-    from ..training.optim import build_optimizer, build_scheduler, train_step
+    from ..training.optim import build_optimizer, build_scheduler, needs_reference_model, train_step
 
     rank, world = _dist_setup()
     ctx = StageContext.create(exp, round)
@@ -134,6 +136,12 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
     # an adapter that shards itself (FSDP) reduces its own gradients; the hooks below are for plain replicas
     self_parallel = bool(getattr(model, "handles_data_parallel", False))
     params = [p for p in model.trainable_parameters() if p.requires_grad]
+    reference_model = None
+    if needs_reference_model(exp.reward, tc):
+        # the frozen base of the round (the weights it starts from) for the debiased target / base anchor
+        reference_model = load_round_model(ctx, extra_params=_parallel_params(exp))
+        for p in reference_model.trainable_parameters():
+            p.requires_grad_(False)
     optimizer = build_optimizer(params, tc)
     scheduler = build_scheduler(optimizer, tc)
     if tc.ema and self_parallel:
@@ -175,9 +183,10 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
     with progress_bar(tc.steps, f"train r{round}", "step", initial=start, enabled=progress and rank == 0) as bar:
         for step in range(start, tc.steps):
             idx = batch_indices(len(index), tc.seed, position, global_batch)[rank::world]
-            images, prompts, maps, alphas = _load_batch(ctx, [index[i] for i in idx])
+            images, prompts, maps, alphas, plans = _load_batch(ctx, [index[i] for i in idx])
             out = train_step(model, optimizer, scheduler, images, prompts, maps, alphas, tc,
-                             lambda_c=exp.reward.lambda_c, use_global=exp.reward.use_global, generator=generator)
+                             lambda_c=exp.reward.lambda_c, use_global=exp.reward.use_global, generator=generator,
+                             plans=plans, reward=exp.reward, reference_model=reference_model)
             if ema is not None:
                 ema.update(params)
             position += global_batch

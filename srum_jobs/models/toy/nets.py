@@ -151,17 +151,21 @@ class Attention(nn.Module):
 
 
 class FlowUNet(nn.Module):
-    """v = net(x_t, t, prompt): the rectified-flow velocity eps - x0 at flow time t."""
+    """v = net(x_t, t, prompt[, layout]): the rectified-flow velocity eps - x0 at flow time t.
+
+    With `plan_channels` > 0 the net also reads a think-mode layout (plan.layout_array) as extra input
+    channels beside x_t; a missing layout is zeros, which is plain mode."""
 
     def __init__(self, channels: Sequence[int] = (32, 64, 128), text_dim: int = 128, text_layers: int = 2,
-                 cond_dim: int = 128):
+                 cond_dim: int = 128, plan_channels: int = 0):
         super().__init__()
         c1, c2, c3 = channels
         self.text = TextEncoder(text_dim, text_layers)
         self.time_mlp = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         self.text_proj = nn.Linear(text_dim, cond_dim)
         self.cond_dim = cond_dim
-        self.inp = nn.Conv2d(3, c1, 3, padding=1)
+        self.plan_channels = int(plan_channels)
+        self.inp = nn.Conv2d(3 + self.plan_channels, c1, 3, padding=1)
         self.d1 = ResBlock(c1, c1, cond_dim)
         self.down1 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
         self.d2 = ResBlock(c2, c2, cond_dim)
@@ -191,9 +195,16 @@ class FlowUNet(nn.Module):
         tokens, pooled = self.text(ids, mask)
         return tokens, pooled, mask
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                layout: Optional[torch.Tensor] = None) -> torch.Tensor:
         tokens, pooled, mask = text
         c = self.time_mlp(timestep_embedding(t, self.cond_dim)) + self.text_proj(pooled)
+        if self.plan_channels:
+            if layout is None:
+                layout = x.new_zeros(x.shape[0], self.plan_channels, *x.shape[2:])
+            x = torch.cat([x, layout.to(x)], 1)
+        elif layout is not None:
+            raise ValueError("this generator was built without plan channels: it has no think mode")
         h1 = self.d1(self.inp(x), c)
         h2 = self.d2_x(self.d2(self.down1(h1), c), tokens, mask)
         h3 = self.d3_x(self.d3(self.down2(h2), c), tokens, mask)

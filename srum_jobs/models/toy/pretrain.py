@@ -10,7 +10,11 @@
 
 Pretraining makes the paper's premise: understanding trained to high accuracy (PerceptionNet on rendered
 scenes with corruptions), generation trained only part of the way (FlowUNet on ground-truth renders of the
-*training* prompts' compositions). Everything is seeded; the number of steps, not the wall time, bounds it.
+*pretrain* split's compositions; a self-rewarding round then prompts with the `train` split's, which
+pretraining never saw). The generator learns both modes at once: each render comes with the plan it
+follows (plan.py, think mode), dropped for a share `p_plan_drop` of the samples (plain mode), as the prompt
+is dropped for `p_uncond` (classifier-free guidance; a dropped prompt drops the plan too). Everything is
+seeded; the number of steps, not the wall time, bounds it.
 
 A checkpoint directory holds `generator.pt`, `perception.pt` (state dicts) and `meta.json` (preset, hash,
 recipe, timings, parameter counts).
@@ -35,7 +39,7 @@ import numpy as np
 
 from . import world
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 # Everything that decides the weights. Changing any value changes the hash, so the cache never hands out
 # weights built by another recipe.
@@ -44,13 +48,17 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "seed": 0,
         "perception": {"width": 12, "steps": 100, "batch": 32, "lr": 3e-3},
         "generator": {"channels": [16, 32, 64], "text_dim": 64, "text_layers": 1, "steps": 40, "batch": 16,
-                      "lr": 1e-3, "warmup": 10, "schedule": "constant", "ema": 0.9, "p_uncond": 0.1},
+                      "lr": 1e-3, "warmup": 10, "schedule": "constant", "ema": 0.9, "p_uncond": 0.1,
+                      "plan_channels": 8, "p_plan_drop": 0.5},
     },
     "demo": {
         "seed": 0,
         "perception": {"width": 24, "steps": 800, "batch": 64, "lr": 2e-3},
+        # Pretraining streams renders of the pretrain split's compositions (every category alike); the
+        # self-rewarding round's prompts are held-out compositions (the train split).
         "generator": {"channels": [32, 64, 128], "text_dim": 128, "text_layers": 2, "steps": 2100, "batch": 64,
-                      "lr": 1e-3, "warmup": 100, "schedule": "cosine", "ema": 0.995, "p_uncond": 0.1},
+                      "lr": 1e-3, "warmup": 100, "schedule": "cosine", "ema": 0.995, "p_uncond": 0.1,
+                      "plan_channels": 8, "p_plan_drop": 0.5},
     },
 }
 
@@ -70,7 +78,7 @@ def preset_config(preset: str) -> Dict[str, Any]:
 
 def config_hash(preset: str) -> str:
     # the training compositions are part of the recipe: a change of the prompt split is a new base
-    train = sorted(world.prompt_key(c) for cat in world.CATEGORIES for c in world.split_compositions("train", cat))
+    train = sorted(world.prompt_key(c) for cat in world.CATEGORIES for c in world.split_compositions("pretrain", cat))
     body = json.dumps({"recipe": RECIPE_VERSION, "preset": preset, "config": preset_config(preset),
                        "canvas": world.CANVAS, "vocab": _vocab(),
                        "train_contents": hashlib.sha256("\n".join(train).encode()).hexdigest()}, sort_keys=True)
@@ -222,17 +230,34 @@ def perception_batch(rng: np.random.Generator, batch: int):
     return x.clamp(-1.0, 1.0), y
 
 
-def generator_batch(rng: np.random.Generator, batch: int, split: Optional[str] = "train"):
-    """Ground-truth renders of random prompts whose compositions belong to `split`: (images, prompts)."""
+def generator_batch(rng: np.random.Generator, batch: int, split: Optional[str] = "pretrain",
+                    category_weights: Optional[Dict[str, float]] = None):
+    """Ground-truth renders of random prompts whose compositions belong to `split`: (images, prompts,
+    think texts: the plan each render follows). `category_weights` (category -> share) draws the prompt
+    categories in those proportions (uniform without)."""
     import torch
 
-    imgs, prompts = [], []
+    from .plan import plan_from_placements
+
+    probs = None
+    if category_weights is not None:
+        unknown = sorted(set(category_weights) - set(world.CATEGORIES))
+        if unknown:
+            raise PretrainError(f"category_weights: unknown categories {unknown}; categories are {world.CATEGORIES}")
+        w = np.array([float(category_weights.get(c, 0.0)) for c in world.CATEGORIES])
+        if (w < 0).any() or w.sum() <= 0:
+            raise PretrainError(f"category_weights {category_weights} must be >= 0 and not all 0")
+        probs = w / w.sum()
+    imgs, prompts, plans = [], [], []
     for _ in range(batch):
-        p = world.random_prompt(rng, split=split)
-        imgs.append(world.render(p.spec, rng)[0])
+        category = None if probs is None else world.CATEGORIES[int(rng.choice(len(probs), p=probs))]
+        p = world.random_prompt(rng, category=category, split=split)
+        img, _, placed = world.render(p.spec, rng)
+        imgs.append(img)
         prompts.append(p.text)
+        plans.append(plan_from_placements(placed).text())
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, prompts
+    return x, prompts, plans
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -254,7 +279,7 @@ def build_generator(cfg: Dict[str, Any]):
     from .nets import FlowUNet
 
     return FlowUNet(channels=tuple(cfg["channels"]), text_dim=int(cfg["text_dim"]),
-                    text_layers=int(cfg["text_layers"]))
+                    text_layers=int(cfg["text_layers"]), plan_channels=int(cfg.get("plan_channels", 0)))
 
 
 def train_perception(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
@@ -286,6 +311,7 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from ...training.loss import sample_timesteps
+    from .plan import layouts
 
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2])
@@ -307,13 +333,17 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     t0 = time.perf_counter()
+    think = bool(cfg.get("plan_channels", 0))
     for step in range(steps):
-        x0, prompts = generator_batch(rng, int(cfg["batch"]))
-        prompts = ["" if rng.random() < cfg["p_uncond"] else p for p in prompts]   # CFG: learn the null prompt
+        x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), category_weights=cfg.get("category_weights"))
+        drop = rng.random(len(prompts)) < cfg["p_uncond"]             # CFG: learn the null prompt (and no plan)
+        keep_plan = think & ~drop & (rng.random(len(prompts)) >= float(cfg.get("p_plan_drop", 1.0)))
+        prompts = ["" if d else p for p, d in zip(prompts, drop)]
+        layout = layouts([p if k else None for p, k in zip(plans, keep_plan)]) if think else None
         t = sample_timesteps(x0.shape[0], 1.0, gen)
         eps = torch.randn(x0.shape, generator=gen)
         tt = t[:, None, None, None]
-        v = net((1 - tt) * x0 + tt * eps, t, net.encode_text(prompts, x0.device))
+        v = net((1 - tt) * x0 + tt * eps, t, net.encode_text(prompts, x0.device), layout)
         loss = (v - (eps - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,7 +15,10 @@ text is the world's grammar; what each of them *sees* in an image is its own bus
 segmentation for the evaluator, a learned network for the judge).
 
 Prompt sets are split by *content* (the multiset of objects and the relation), not by wording: no
-composition of the evaluation set appears, in any phrasing or category, in the training or validation set.
+composition of the evaluation set appears, in any phrasing or category, in another split. Four splits:
+`pretrain` (the compositions the base model's ground-truth renders show), `train` (the prompts of a
+self-rewarding round: compositions pretraining never saw), `val` (choosing a round's settings) and `eval`
+(the reported benchmark).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -58,10 +61,11 @@ GAP = 2
 
 # Split sizes per category and the seed of the built-in prompt sets.
 PROMPT_SEED = 20240917
-SPLIT_SIZES = {"eval": 40, "val": 40, "train": 400}
-SPLITS: Tuple[str, ...] = ("train", "val", "eval")
-# Share of contents assigned to each split before drawing (the rest go to train).
-_SPLIT_SHARES = (("eval", 0.3), ("val", 0.2))
+SPLIT_SIZES = {"eval": 40, "val": 40, "train": 400, "pretrain": 400}
+SPLITS: Tuple[str, ...] = ("train", "val", "eval", "pretrain")
+# Share of contents assigned to each split, in this order, within each difficulty stratum (the rest go to
+# pretrain). eval and val come first, so adding the train/pretrain cut left them exactly as they were.
+_SPLIT_SHARES = (("eval", 0.3), ("val", 0.2), ("train", 0.25))
 
 
 @dataclass(frozen=True, order=True)
@@ -95,6 +99,8 @@ class PromptSpec:
     relation: Optional[str] = None
     ordered: Tuple[Obj, ...] = ()
     layout_intent: bool = True      # False for the non-spatial control ("together with")
+    # the objects in the order the prompt names them (with repeats); wording, not content
+    mentioned: Tuple[Obj, ...] = field(default=(), compare=False)
 
     def content_key(self) -> str:
         """The composition, independent of wording and of which side a relation is stated from."""
@@ -161,7 +167,8 @@ def parse_prompt(text: str) -> PromptSpec:
             intent = False
     if len(objects) > 3:
         raise PromptParseError(f"prompt {text!r} asks for {len(objects)} objects; the toy world draws 1 to 3")
-    return PromptSpec(objects=tuple(sorted(objects)), relation=relation, ordered=ordered, layout_intent=intent)
+    return PromptSpec(objects=tuple(sorted(objects)), relation=relation, ordered=ordered, layout_intent=intent,
+                      mentioned=tuple(objects))
 
 
 # ------------------------------------------------------------------------------------------ phrasing
@@ -237,8 +244,9 @@ def _stratum(spec: PromptSpec) -> Tuple:
 @lru_cache(maxsize=4)
 def _split_table(seed: int) -> Dict[str, str]:
     """content key -> split. Contents are grouped by difficulty stratum; within a stratum they are ranked by
-    a seeded hash and the first 30% go to eval, the next 20% to val, the rest to train. Stratifying keeps
-    the validation split (used to choose a round's settings) as hard as the evaluation split."""
+    a seeded hash and the first 30% go to eval, the next 20% to val, the next 25% to train (self-training
+    prompts), the rest to pretrain. Stratifying keeps the validation split (used to choose a round's
+    settings) as hard as the evaluation split."""
     strata: Dict[Tuple, set] = {}
     for category in CATEGORIES:
         for comp in _compositions(category):
@@ -249,7 +257,7 @@ def _split_table(seed: int) -> Dict[str, str]:
         ranked = sorted(keys, key=lambda k: _unit(seed, "split", k))
         n = len(ranked)
         for i, k in enumerate(ranked):
-            acc, split = 0.0, "train"
+            acc, split = 0.0, "pretrain"
             for name, share in _SPLIT_SHARES:
                 acc += share
                 if i < round(acc * n):
