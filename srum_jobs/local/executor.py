@@ -41,14 +41,19 @@ ALL_STAGES = STAGE_NAMES
 # Built-in toy experiments. `demo` is the README's main job; `test` is the test suite's end-to-end run.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "demo": {
-        "prompts": {"source": "toy://train", "limit": 128, "num_shards": 2, "eval_source": "toy://eval",
+        # One self-rewarding round as the bench runs it (models/toy/bench.py ROUNDS["demo"], chosen on the
+        # validation split), on fewer prompts so it fits a few minutes on 2 cores.
+        "prompts": {"source": "toy://train", "limit": 160, "num_shards": 2, "eval_source": "toy://eval",
                     "eval_limit": 200},
-        "model": {"adapter": "toy", "params": {"preset": "demo"}},
-        "generation": {"candidates_per_prompt": 4, "steps": 10, "guidance": 2.0, "resolution": 32, "batch_size": 64},
-        # the round `srum bench toy` uses (models/toy/bench.py ROUNDS["demo"], chosen on the validation split)
-        "reward": {"mode": "reference", "min_global_score": 0.0},
-        "training": {"lr": 1e-5, "warmup_steps": 10, "steps": 150, "batch_size": 32, "save_every": 50,
-                     "timestep_shift": 1.0},
+        "model": {"adapter": "toy", "params": {"preset": "demo", "planner": "tidy"}},
+        # candidates in think mode (the model plans a layout, then draws it), as the paper generates them
+        "generation": {"candidates_per_prompt": 4, "steps": 10, "guidance": 2.0, "resolution": 32, "batch_size": 64,
+                       "think": True},
+        "judge": {"verify_boxes": True},
+        "reward": {"mode": "corrective", "weighting": "debiased", "reference": "base", "lambda_c": 0.5,
+                   "push_away": 0.5, "score_unverified": True},
+        "training": {"lr": 1e-4, "warmup_steps": 10, "steps": 30, "batch_size": 32, "save_every": 10,
+                     "plan_dropout": 0.5},
     },
     "test": {
         "prompts": {"source": "toy://train", "limit": 12, "num_shards": 2, "eval_source": "toy://eval",
@@ -62,9 +67,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 def default_experiment(preset: str, root: str) -> Dict[str, Any]:
     base = json.loads(json.dumps(PRESETS[preset]))
-    return {"name": f"toy-{preset}", "storage": {"root": root},
-            "judge": {"url": None, "backend": "toy", "boxer_backend": "components",
-                      "backend_params": {"preset": base["model"]["params"]["preset"]}},
+    judge = {"url": None, "backend": "toy", "boxer_backend": "components",
+             "backend_params": {"preset": base["model"]["params"]["preset"]}}
+    judge.update(base.pop("judge", {}))
+    return {"name": f"toy-{preset}", "storage": {"root": root}, "judge": judge,
             "reward": {"mode": "reference"}, "eval": {"benchmarks": [{"name": "toy"}]}, **base}
 
 
