@@ -144,3 +144,10 @@ def test_a_generator_without_plan_channels_has_no_think_mode(toy):
     assert plain_only.supports_think is False
     with pytest.raises(ValueError, match="no think mode"):
         plain_only.generate(["two green triangles"], [0], steps=1, think=True)
+
+
+def test_an_unknown_planner_in_the_model_params_is_named():
+    from srum_jobs.models.toy.model import ToyModel
+
+    with pytest.raises(ValueError, match=r"model.params.planner: 'messy' is not a toy planner; planners are tidy, random"):
+        ToyModel(None, None, planner="messy")

@@ -45,7 +45,7 @@ class ToyModel:
 
         planner = planner or DEFAULT_PLANNER
         if planner not in PLANNERS:
-            raise ValueError(f"toy planner {planner!r} is not one of {', '.join(PLANNERS)}")
+            raise ValueError(f"model.params.planner: {planner!r} is not a toy planner; planners are {', '.join(PLANNERS)}")
         self.planner = planner
         self.generator = generator
         self.understanding = ToyUnderstanding(perception)
