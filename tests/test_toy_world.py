@@ -261,3 +261,37 @@ def test_content_split_is_stratified_and_names_an_unknown_key():
     assert large and all(set(n) == set(w.SPLITS) for n in large)
     with pytest.raises(ValueError, match="'nope' is not the content key"):
         w.content_split("nope")
+
+
+def test_miscaption_changes_exactly_one_respect_and_stays_renderable():
+    rng = np.random.default_rng(3)
+    seen = set()
+    for category in w.CATEGORIES:
+        for _ in range(60):
+            p = w.random_prompt(rng, category=category, split="pretrain")
+            wrong = w.miscaption(p.spec, rng)
+            assert wrong != p.spec, p.text
+            kinds, wrong_kinds = set(p.spec.objects), set(wrong.objects)
+            if wrong.relation is not None and wrong.relation != p.spec.relation:
+                seen.add("flip")
+                assert wrong.objects == p.spec.objects and wrong.ordered == p.spec.ordered
+            elif len(wrong.objects) != len(p.spec.objects):
+                seen.add("count")
+                assert abs(len(wrong.objects) - len(p.spec.objects)) == 1 and wrong_kinds <= kinds | wrong_kinds
+            else:
+                seen.add("attribute")
+                assert len(kinds - wrong_kinds) == 1     # one kind replaced by another
+            w.render(wrong, rng)                     # placeable on the canvas
+    assert seen == {"flip", "count", "attribute"}
+
+
+def test_caption_noise_renders_other_scenes_under_the_same_captions_and_plans_follow_the_image():
+    from srum_jobs.models.toy import pretrain
+
+    clean = pretrain.generator_batch(np.random.default_rng(0), 16)
+    same = pretrain.generator_batch(np.random.default_rng(0), 16, caption_noise=0.0)
+    assert clean[1] == same[1] and clean[2] == same[2] and bool((clean[0] == same[0]).all())
+    _, prompts, plans = pretrain.generator_batch(np.random.default_rng(0), 64, caption_noise=1.0)
+    counts = [int(plan.split("asks for ")[1].split(" ")[0]) for plan in plans]
+    asked = [len(w.parse_prompt(t).objects) for t in prompts]
+    assert any(c != a for c, a in zip(counts, asked))  # some images hold another number of objects

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-PRESET_CHOICES = click.Choice(["test", "demo"])
+PRESET_CHOICES = click.Choice(["test", "demo", "demo-noisy"])
 
 
 @click.group("toy")
@@ -14,7 +14,8 @@ def toy_group() -> None:
 
 @toy_group.command("pretrain")
 @click.option("--preset", type=PRESET_CHOICES, default="demo", show_default=True,
-              help="test: seconds, for the test suite; demo: the embedded default's base model.")
+              help="test: seconds, for the test suite; demo: the embedded default's base model; "
+                   "demo-noisy: the same recipe on web-like captions (half get one attribute wrong).")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True, help="torch CPU threads")
 @click.option("--measure", is_flag=True, help="also measure the premise: base accuracy and judge agreement (eval split)")
 @click.option("--ship", is_flag=True, help="developers: copy the result into srum_jobs/assets/toy/<preset>/ "

@@ -60,6 +60,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                       "lr": 1e-3, "warmup": 100, "schedule": "cosine", "ema": 0.995, "p_uncond": 0.1,
                       "plan_channels": 8, "p_plan_drop": 0.5},
     },
+    # The demo's recipe on web-like captions: half the generator's pretraining captions get one attribute
+    # of their image wrong (plans, like dense re-captions, stay true). Understanding is trained as above,
+    # so it reads images better than plain generation follows prompts: the gap SRUM exploits.
+    "demo-noisy": {
+        "seed": 0,
+        "perception": {"width": 24, "steps": 800, "batch": 64, "lr": 2e-3},
+        "generator": {"channels": [32, 64, 128], "text_dim": 128, "text_layers": 2, "steps": 2100, "batch": 64,
+                      "lr": 1e-3, "warmup": 100, "schedule": "cosine", "ema": 0.995, "p_uncond": 0.1,
+                      "plan_channels": 8, "p_plan_drop": 0.5, "caption_noise": 0.5},
+    },
 }
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
@@ -231,10 +241,12 @@ def perception_batch(rng: np.random.Generator, batch: int):
 
 
 def generator_batch(rng: np.random.Generator, batch: int, split: Optional[str] = "pretrain",
-                    category_weights: Optional[Dict[str, float]] = None):
+                    category_weights: Optional[Dict[str, float]] = None, caption_noise: float = 0.0):
     """Ground-truth renders of random prompts whose compositions belong to `split`: (images, prompts,
     think texts: the plan each render follows). `category_weights` (category -> share) draws the prompt
-    categories in those proportions (uniform without)."""
+    categories in those proportions (uniform without). With `caption_noise` p, a share p of the images
+    show a scene the caption gets wrong in one respect (world.miscaption); the plan always describes the
+    image itself (a dense re-caption), so only plain-mode conditioning is noisy."""
     import torch
 
     from .plan import plan_from_placements
@@ -252,7 +264,8 @@ def generator_batch(rng: np.random.Generator, batch: int, split: Optional[str] =
     for _ in range(batch):
         category = None if probs is None else world.CATEGORIES[int(rng.choice(len(probs), p=probs))]
         p = world.random_prompt(rng, category=category, split=split)
-        img, _, placed = world.render(p.spec, rng)
+        spec = world.miscaption(p.spec, rng) if caption_noise and rng.random() < caption_noise else p.spec
+        img, _, placed = world.render(spec, rng)
         imgs.append(img)
         prompts.append(p.text)
         plans.append(plan_from_placements(placed).text())
@@ -335,7 +348,8 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     t0 = time.perf_counter()
     think = bool(cfg.get("plan_channels", 0))
     for step in range(steps):
-        x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), category_weights=cfg.get("category_weights"))
+        x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), category_weights=cfg.get("category_weights"),
+                                            caption_noise=float(cfg.get("caption_noise", 0.0)))
         drop = rng.random(len(prompts)) < cfg["p_uncond"]             # CFG: learn the null prompt (and no plan)
         keep_plan = think & ~drop & (rng.random(len(prompts)) >= float(cfg.get("p_plan_drop", 1.0)))
         prompts = ["" if d else p for p, d in zip(prompts, drop)]

@@ -460,6 +460,41 @@ def draw(placed: Sequence[Placed], canvas: int = CANVAS) -> Tuple[np.ndarray, np
     return img, labels
 
 
+_OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def miscaption(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
+    """A scene that a caption `spec` describes wrongly in exactly one respect, as web alt-text does: one
+    object kind recoloured or reshaped, one instance added or missing, or (spatial) the relation reversed.
+    Pretraining renders it under the unchanged caption (see pretrain's `caption_noise`)."""
+    kinds = sorted(set(spec.objects))
+    count = {k: spec.objects.count(k) for k in kinds}
+    edits = ["recolor", "reshape"]
+    if spec.relation is not None:
+        edits.append("flip")
+    else:
+        if len(spec.objects) < 3:
+            edits.append("add")
+        if len(spec.objects) > 1:
+            edits.append("drop")
+    edit = edits[int(rng.integers(0, len(edits)))]
+    if edit == "flip":
+        return PromptSpec(spec.objects, _OPPOSITE[spec.relation], spec.ordered, spec.layout_intent)
+    kind = kinds[int(rng.integers(0, len(kinds)))]
+    if edit in ("add", "drop"):
+        count[kind] += 1 if edit == "add" else -1
+        objs = tuple(sorted(k for k, n in count.items() for _ in range(n)))
+        return PromptSpec(objs, None, (), spec.layout_intent)
+    if edit == "recolor":
+        others = [c for c in COLOR_NAMES if c != kind.color]
+        new = Obj(others[int(rng.integers(0, len(others)))], kind.shape)
+    else:
+        others = [s for s in SHAPES if s != kind.shape]
+        new = Obj(kind.color, others[int(rng.integers(0, len(others)))])
+    swap = lambda objs: tuple(new if o == kind else o for o in objs)  # noqa: E731
+    return PromptSpec(tuple(sorted(swap(spec.objects))), spec.relation, swap(spec.ordered), spec.layout_intent)
+
+
 def render(spec: PromptSpec, rng: np.random.Generator, canvas: int = CANVAS) -> Tuple[np.ndarray, np.ndarray, List[Placed]]:
     """A ground-truth image of a prompt spec: (image uint8 HxWx3, labels HxW, placements)."""
     placed = place(spec, rng, canvas)
