@@ -97,6 +97,8 @@ ROUNDS: Dict[str, RoundConfig] = {
     "test": RoundConfig(train_prompts=5, candidates=2, euler_steps=2, epochs=2.0, batch=4, lr=1e-4, warmup=1,
                         eval_per_category=1, eval_samples=1, diagnostics=True),
     "demo": RoundConfig(),
+    # the same round, unchanged, on the base pretrained with web-like captions (pretrain.PRESETS)
+    "demo-noisy": RoundConfig(),
 }
 
 
