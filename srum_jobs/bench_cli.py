@@ -1,5 +1,5 @@
 """`srum bench`: side-by-side measurements. `toy` compares base, SFT and SRUM in the toy world
-(models/toy/bench.py); `costs` measures the per-item costs of a real experiment for `srum plan` (costs.py).
+(models/toy/bench.py); `costs` measures the per-item costs of a real experiment for `srum plan` (capacity/measure.py).
 Only click is imported here; the commands import torch when they run."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def costs_command(experiment: str, items: int, out_path: str | None, threads: in
     import os
 
     from .config import load_experiment
-    from .costs import costs_file_text, measure_costs
+    from .capacity.measure import costs_file_text, measure_costs
 
     if out_path and os.path.exists(out_path):
         raise click.UsageError(f"--out {out_path} exists; remove it or choose another path")

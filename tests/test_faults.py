@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from srum_jobs import exitcodes
 from srum_jobs.config import parse_experiment
-from srum_jobs.local import default_experiment, run_local
+from srum_jobs.local.executor import default_experiment, run_local
 from srum_jobs.records import RewardRecord, read_records
 from srum_jobs.stages.common import StageContext, round_prompts
 

@@ -20,7 +20,7 @@ from typing import Dict
 import pytest
 
 from srum_jobs.config import parse_experiment
-from srum_jobs.local import default_experiment, run_local
+from srum_jobs.local.executor import default_experiment, run_local
 from srum_jobs.records import RewardRecord, read_records
 from srum_jobs.stages.common import StageContext, round_prompts
 

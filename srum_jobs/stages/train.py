@@ -246,11 +246,6 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
     return summary
 
 
-def load_metrics(ctx: StageContext) -> List[Dict[str, float]]:
-    """Compatibility name for the toy-world branch's tests (issue 13): the reader is the layout's,
-    `ctx.layout.metrics`. Drop once nothing imports it from here."""
-    return ctx.layout.metrics()
-
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of each torchrun worker (`-m srum_jobs.stages.train`): the same path as `srum stage train`."""
     import argparse
