@@ -364,7 +364,7 @@ def test_the_local_executor_builds_each_stage_command_from_the_table(tmp_path):
         assert argv[1:5] == ["-m", "srum_jobs.cli", "stage", name] and argv[-1] == "--no-progress"
     train = stage_argv(STAGES["train"], exp, tmp_path / "e.json", 2, nproc=3, progress=True)
     assert train[1:4] == ["-m", "srum_jobs.stages.launch", "--nproc-per-node=3"]
-    assert train[train.index("--") + 1:] == ["--experiment", str(tmp_path / "e.json"), "--round", "2"]
+    assert train[train.index("--") + 1:] == ["stage", "train", "--experiment", str(tmp_path / "e.json"), "--round", "2"]
 
 
 def test_the_launcher_passes_the_cause_through_not_the_peers_broken_collective():

@@ -199,8 +199,8 @@ def test_a_full_disk_under_torchrun_is_one_line_per_rank_and_74(built, tmp_path)
     script = (f'mount -t tmpfs -o size={size_kb}k tmpfs "$0" && cp -a "{src}/." "$0/" && "$@"; rc=$?; '
               'find "$0" -name ".*.tmp"; exit $rc')
     r = subprocess.run(["unshare", "-Urm", "sh", "-c", script, str(mount), sys.executable, "-m",
-                        "srum_jobs.stages.launch", "--nproc-per-node=2", "--", "--experiment", str(f), "--round", "1",
-                        "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        "srum_jobs.stages.launch", "--nproc-per-node=2", "--", "stage", "train", "--experiment", str(f),
+                        "--round", "1", "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == exitcodes.NO_SPACE, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr[-3000:]
