@@ -1,12 +1,12 @@
 """`srum bench`: side-by-side measurements. `toy` compares base, SFT and SRUM in the toy world
-(models/toy/bench.py); `costs` measures the per-item costs of a real experiment for `srum plan` (capacity/measure.py).
+(toy/bench.py); `costs` measures the per-item costs of a real experiment for `srum plan` (capacity/measure.py).
 Only click is imported here; the commands import torch when they run."""
 
 from __future__ import annotations
 
 import click
 
-from .models.toy.commands import bench_toy_command
+from .toy.commands import bench_toy_command
 
 
 @click.group("bench")

@@ -12,8 +12,8 @@ import pytest
 from srum_jobs.judging.parse import parse_global, parse_regions, parse_sample, parse_verify
 from srum_jobs.judging.protocols import JudgeBackend, JudgeParams
 from srum_jobs.judging.templates import load_templates
-from srum_jobs.models.toy import judge as J
-from srum_jobs.models.toy import world as w
+from srum_jobs.toy import judge as J
+from srum_jobs.toy import world as w
 
 
 # --------------------------------------------------------------------------------------- instructions
@@ -156,7 +156,7 @@ def test_the_judging_pipeline_runs_on_the_toy_backends(toy_judge):
     from srum_jobs.config import JudgeConfig, RewardConfig
     from srum_jobs.judging.inprocess import InProcessTransport
     from srum_jobs.judging.pipeline import CandidateItem, judge_many
-    from srum_jobs.models.toy.components import ComponentsBoxer
+    from srum_jobs.toy.components import ComponentsBoxer
 
     rng = np.random.default_rng(2)
     prompts = w.toy_prompts("val")[::40]
@@ -185,7 +185,7 @@ def test_artefact_boxes_are_scored_not_dropped_with_score_unverified(toy_judge):
     from srum_jobs.config import JudgeConfig, RewardConfig
     from srum_jobs.judging.inprocess import InProcessTransport
     from srum_jobs.judging.pipeline import CandidateItem, judge_many
-    from srum_jobs.models.toy.components import ComponentsBoxer
+    from srum_jobs.toy.components import ComponentsBoxer
     from srum_jobs.records import Prompt
     from srum_jobs.rewards import reward_map_from_record
 
@@ -228,7 +228,7 @@ def test_artefact_boxes_are_scored_not_dropped_with_score_unverified(toy_judge):
 def test_shipped_demo_judge_reads_fresh_renders(monkeypatch):
     """The demo judge (when its checkpoint ships with the package) agrees with the ground truth of fresh
     renders: every global judgment positive on correct images, negative on images of another prompt."""
-    from srum_jobs.models.toy.pretrain import shipped_dir
+    from srum_jobs.toy.pretrain import shipped_dir
 
     d = shipped_dir("demo")
     if d is None:

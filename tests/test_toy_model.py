@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from srum_jobs.models.base import FlowOutput, UnifiedModel, load_model
-from srum_jobs.models.toy import pretrain as pt
-from srum_jobs.models.toy import world as w
+from srum_jobs.toy import pretrain as pt
+from srum_jobs.toy import world as w
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_shipped_demo_checkpoint_rebuilds_from_its_seed():
     assert size < 10 * 2 ** 20
     if os.environ.get("SRUM_TEST_REBUILD_DEMO") != "1":
         return
-    from srum_jobs.models.toy.bench import measure_base
+    from srum_jobs.toy.bench import measure_base
 
     rebuilt = pt.ensure_base("demo", rebuild=True)
     got = measure_base(rebuilt)
@@ -196,9 +196,9 @@ def test_stages_keep_think_texts_and_train_the_debiased_loss_against_the_frozen_
     frozen base for the debiased loss and its base anchor."""
     from srum_jobs.config import parse_experiment
     from srum_jobs.judging.inprocess import InProcessTransport
-    from srum_jobs.models.toy.components import ComponentsBoxer
-    from srum_jobs.models.toy.judge import ToyJudgeBackend
-    from srum_jobs.models.toy.plan import parse_plan
+    from srum_jobs.toy.components import ComponentsBoxer
+    from srum_jobs.toy.judge import ToyJudgeBackend
+    from srum_jobs.toy.plan import parse_plan
     from srum_jobs.stages import generate, rewards, train
     from srum_jobs.stages.common import StageContext
     from srum_jobs.stages.candidates import shard_records

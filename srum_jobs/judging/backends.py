@@ -24,7 +24,7 @@ from .. import registry
 from .protocols import BoxerBackend, BoxOptions, BoxProposal, JudgeBackend, JudgeParams, JudgeReply
 
 # The registries (name -> "module:Class") live in the torch-free registry module, filled by the plugins
-# (models/plugins.py, models/toy_plugin.py); every class takes `(params: dict)` with string values. A name
+# (models/plugins.py, toy/plugin.py); every class takes `(params: dict)` with string values. A name
 # that is itself "module:Class" selects a class outside the registry (an operator's own backend).
 _REGISTRIES = {"judge": (registry.JUDGE_BACKENDS, JudgeBackend), "boxer": (registry.BOXER_BACKENDS, BoxerBackend)}
 

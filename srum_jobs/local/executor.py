@@ -41,7 +41,7 @@ ALL_STAGES = STAGE_NAMES
 # Built-in toy experiments. `demo` is the README's main job; `test` is the test suite's end-to-end run.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "demo": {
-        # One self-rewarding round as the bench runs it (models/toy/bench.py ROUNDS["demo"], chosen on the
+        # One self-rewarding round as the bench runs it (toy/bench.py ROUNDS["demo"], chosen on the
         # validation split), on fewer prompts so it fits a few minutes on 2 cores.
         "prompts": {"source": "toy://train", "limit": 160, "num_shards": 2, "eval_source": "toy://eval",
                     "eval_limit": 200},

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...judging.protocols import JudgeParams, JudgeReply
+from ..judging.protocols import JudgeParams, JudgeReply
 from . import world
 from .components import component_stats, label_classes
 
