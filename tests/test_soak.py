@@ -31,7 +31,7 @@ def _png(seed: int) -> bytes:
 
 def test_two_thousand_judgments_survive_server_restarts(triton_server):
     from srum_jobs.judging.templates import load_templates
-    from srum_jobs.toy.judge import ToyJudgeBackend
+    from srum_jobs.toy.judge_backend import ToyJudgeBackend
     from srum_jobs.toy.world import toy_prompts
 
     tpl = load_templates()

@@ -13,6 +13,7 @@ from srum_jobs.judging.parse import parse_global, parse_regions, parse_sample, p
 from srum_jobs.judging.protocols import JudgeBackend, JudgeParams
 from srum_jobs.judging.templates import load_templates
 from srum_jobs.toy import judge as J
+from srum_jobs.toy.judge_backend import ToyJudgeBackend
 from srum_jobs.toy import world as w
 
 
@@ -110,7 +111,7 @@ def test_answers_are_truncated_like_a_decoder_budget():
 # ------------------------------------------------------------------------------------- the backend
 @pytest.fixture(scope="module")
 def toy_judge():
-    return J.ToyJudgeBackend({"preset": "test"})
+    return ToyJudgeBackend({"preset": "test"})
 
 
 def test_backend_implements_the_protocol_and_answers_parse(toy_judge):
@@ -131,9 +132,9 @@ def test_backend_implements_the_protocol_and_answers_parse(toy_judge):
     think = toy_judge.generate(images[:1], [tpl.render_global(prompts[0].text, 32, 32)], JudgeParams(think=True))[0]
     assert think.think_text.startswith("I see:")
     with pytest.raises(ValueError, match="unknown parameter"):
-        J.ToyJudgeBackend({"presett": "test"})
+        ToyJudgeBackend({"presett": "test"})
     with pytest.raises(ValueError, match="preset='huge'"):
-        J.ToyJudgeBackend({"preset": "huge"})
+        ToyJudgeBackend({"preset": "huge"})
 
 
 def test_backend_reads_other_image_sizes_and_scales_boxes(toy_judge):
@@ -233,7 +234,7 @@ def test_shipped_demo_judge_reads_fresh_renders(monkeypatch):
     d = shipped_dir("demo")
     if d is None:
         pytest.skip("no demo checkpoint ships with this tree (srum toy pretrain --preset demo builds one)")
-    judge = J.ToyJudgeBackend({"checkpoint": str(d)})
+    judge = ToyJudgeBackend({"checkpoint": str(d)})
     tpl = load_templates()
     rng = np.random.default_rng(77)
     prompts = list(w.prompt_set("eval"))[::2]

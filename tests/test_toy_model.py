@@ -197,7 +197,7 @@ def test_stages_keep_think_texts_and_train_the_debiased_loss_against_the_frozen_
     from srum_jobs.config import parse_experiment
     from srum_jobs.judging.inprocess import InProcessTransport
     from srum_jobs.toy.components import ComponentsBoxer
-    from srum_jobs.toy.judge import ToyJudgeBackend
+    from srum_jobs.toy.judge_backend import ToyJudgeBackend
     from srum_jobs.toy.plan import parse_plan
     from srum_jobs.stages import generate, rewards, train
     from srum_jobs.stages.common import StageContext

@@ -69,7 +69,7 @@ def test_unknown_backend_names_the_choices():
 
 
 def test_registries_point_at_the_agreed_classes():
-    assert registry.JUDGE_BACKENDS == {"toy": "srum_jobs.toy.judge:ToyJudgeBackend",
+    assert registry.JUDGE_BACKENDS == {"toy": "srum_jobs.toy.judge_backend:ToyJudgeBackend",
                                        "hf": "srum_jobs.models.hf_judge:HFJudgeBackend",
                                        "bagel": "srum_jobs.models.bagel.judge:BagelJudgeBackend",
                                        "toy_rules": "srum_jobs.toy.rules_evaluator:ToyRulesEvaluator"}

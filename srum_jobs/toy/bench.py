@@ -206,7 +206,7 @@ class Bench:
                  checkpoint: Optional[str] = None, cache_dir: Optional[Path] = None):
         from ..judging.inprocess import InProcessTransport
         from .components import ComponentsBoxer
-        from .judge import ToyJudgeBackend
+        from .judge_backend import ToyJudgeBackend
         from .model import ToyModel, load_toy_model
 
         self.preset, self.cfg, self.log = preset, round_cfg, log or (lambda m: None)

@@ -1,9 +1,6 @@
 """The toy world's plugin: registers its model adapter, its judge and rule-based evaluator backends, its
 connected-components boxer, its `toy://` prompt sets and its benchmark (see registry.py), with the hooks
-below.
-
-It lives beside the toy package (models/toy/) and moves into it when the toy world becomes its own
-package; only the "module:attribute" strings change then. The hooks import the toy world when called.
+below. Standard library only, like every plugin; the hooks import the toy world when called.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ MODEL_ADAPTERS.register("toy", "srum_jobs.toy.model:load_toy_model",
                         hooks={"prepare": "srum_jobs.toy.plugin:prepare_base",
                                "check": "srum_jobs.toy.plugin:check_model"},
                         vqa_style="judge", judge_agreement=True)
-JUDGE_BACKENDS.register("toy", "srum_jobs.toy.judge:ToyJudgeBackend",
+JUDGE_BACKENDS.register("toy", "srum_jobs.toy.judge_backend:ToyJudgeBackend",
                         hooks={"check": "srum_jobs.toy.plugin:check_judge"},
                         understanding_of="toy", evaluator_hint="toy_rules: the toy world's rule-based evaluator",
                         request_errors=("srum_jobs.toy.judge:InstructionError",))
