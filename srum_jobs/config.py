@@ -254,18 +254,12 @@ class BenchmarkConfig(_Section):
     categories: Optional[List[str]] = Field(None, description="keep only these categories")
     samples_per_prompt: Optional[int] = Field(None, ge=1, description="None = eval.samples_per_prompt")
 
-    @field_validator("name")
+    @field_validator("name", "format")
     @classmethod
-    def _known_benchmark(cls, v: str) -> str:
-        if v not in _benchmark_names():
-            raise ValueError(f"unknown benchmark {v!r}; benchmarks are {', '.join(_benchmark_names())}")
-        return v
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, v: str) -> str:
-        if v not in _prompt_formats():
-            raise ValueError(f"unknown prompt format {v!r}; formats are {', '.join(_prompt_formats())}")
+    def _registered(cls, v: str, info: Any) -> str:
+        what, names = ("benchmark", _benchmark_names()) if info.field_name == "name" else ("format", _prompt_formats())
+        if v not in names:
+            raise ValueError(f"unknown {what} {v!r}; {what}s are {', '.join(names)}")
         return v
 
 
