@@ -35,7 +35,7 @@ def main() -> None:
     from srum_jobs.config import parse_experiment
     from srum_jobs.judging.client import TritonTransport
     from srum_jobs.local.judge_server import LocalTritonServer, local_models
-    from srum_jobs.local import default_experiment, run_local
+    from srum_jobs.local.executor import default_experiment, run_local
     from srum_jobs.models.base import load_model
     from srum_jobs.stages import generate as gen_stage
     from srum_jobs.stages.common import StageContext, candidate_seed, round_prompts

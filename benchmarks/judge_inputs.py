@@ -17,7 +17,7 @@ import numpy as np
 def toy_judge_requests(n: int, seed: int = 0, canvas: int = 32) -> List[Tuple[bytes, str]]:
     """`n` distinct (PNG bytes, instruction) pairs."""
     from srum_jobs.judging.templates import load_templates
-    from srum_jobs.models.toy import world
+    from srum_jobs.toy import world
     from srum_jobs.storage import png_bytes
 
     tpl = load_templates()

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The jobs image: every pod of an experiment runs it (srum stage ..., torchrun -m srum_jobs.stages.train,
+# The jobs image: every pod of an experiment runs it (srum stage ..., python -m srum_jobs.stages.launch,
 # srum orchestrate). Build from the repository root:
 #   docker build -f docker/jobs.Dockerfile -t ghcr.io/srum/srum-jobs:0.1.0 .
 # torch comes from the base image: pyproject.toml leaves it out on purpose, so pip keeps the CUDA build.

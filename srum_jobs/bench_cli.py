@@ -1,12 +1,12 @@
 """`srum bench`: side-by-side measurements. `toy` compares base, SFT and SRUM in the toy world
-(models/toy/bench.py); `costs` measures the per-item costs of a real experiment for `srum plan` (costs.py).
+(toy/bench.py); `costs` measures the per-item costs of a real experiment for `srum plan` (capacity/measure.py).
 Only click is imported here; the commands import torch when they run."""
 
 from __future__ import annotations
 
 import click
 
-from .models.toy.commands import bench_toy_command
+from .toy.commands import bench_toy_command
 
 
 @click.group("bench")
@@ -30,8 +30,8 @@ def costs_command(experiment: str, items: int, out_path: str | None, threads: in
     on this machine and write them as the `measured` section of a costs file."""
     import os
 
-    from .config import load_experiment
-    from .costs import costs_file_text, measure_costs
+    from .capacity.measure import costs_file_text, measure_costs
+    from .entry import load
 
     if out_path and os.path.exists(out_path):
         raise click.UsageError(f"--out {out_path} exists; remove it or choose another path")
@@ -39,7 +39,7 @@ def costs_command(experiment: str, items: int, out_path: str | None, threads: in
         import torch
 
         torch.set_num_threads(threads)
-    exp = load_experiment(experiment)
+    exp = load(experiment).exp
     result = measure_costs(exp, items=items, log=lambda m: click.echo(m, err=True))
     text = costs_file_text(result, experiment)
     if out_path:

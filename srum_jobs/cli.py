@@ -22,7 +22,7 @@ from . import __version__, exitcodes
 LAZY_COMMANDS: Dict[str, Tuple[str, str]] = {
     "run": ("srum_jobs.local.executor:run_command", "Run the whole SRUM loop on this machine (toy world by default)."),
     "stage": ("srum_jobs.stages.commands:stage_group", "Run one stage entrypoint (what each Kubernetes Job runs)."),
-    "toy": ("srum_jobs.models.toy.commands:toy_group", "The built-in toy world: pretrain its base model."),
+    "toy": ("srum_jobs.toy.commands:toy_group", "The built-in toy world: pretrain its base model."),
     "bench": ("srum_jobs.bench_cli:bench_group", "Measurements: toy base vs SFT vs SRUM; per-item costs for plan."),
     "enqueue": ("srum_jobs.cluster.commands:enqueue_command", "Submit stage Jobs to Kubernetes (--dry-run prints YAML)."),
     "status": ("srum_jobs.cluster.commands:status_command", "Per-stage and per-shard progress of an experiment."),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -219,21 +219,48 @@ class TrainingConfig(_Section):
         return v
 
 
-BENCHMARK_NAMES = ("toy", "compbench", "geneval", "wise", "reasonbench")
+def _benchmark_names() -> Tuple[str, ...]:
+    from .registry import BENCHMARKS
+
+    return tuple(BENCHMARKS)
+
+
+def _prompt_formats() -> Tuple[str, ...]:
+    from .prompts import formats
+
+    return formats()
+
+
+def _one_of(names: Callable[[], Tuple[str, ...]]) -> Callable[[Dict[str, Any]], None]:
+    """JSON Schema of a string field whose values a registry holds: its `enum`, read when the schema is made
+    (the plugins are loaded then, not when this module is imported)."""
+    def extra(schema: Dict[str, Any]) -> None:
+        rest = dict(schema)
+        schema.clear()
+        schema.update({"enum": list(names()), **rest})
+    return extra
 
 
 class BenchmarkConfig(_Section):
     """One benchmark of the eval stage (srum_jobs/evaluation/<name>.py: protocol, parser, aggregation)."""
 
-    name: Literal["toy", "compbench", "geneval", "wise", "reasonbench"]
+    name: str = Field(..., json_schema_extra=_one_of(_benchmark_names))     # registry.BENCHMARKS
     prompts: Optional[Union[str, List[str]]] = Field(
         None, description="prompt file(s) of this benchmark (as `srum prompts import` reads them; several are "
                           "concatenated, e.g. the three WISE files); None = prompts.eval_source")
-    format: Literal["auto", "compbench", "jsonl", "text", "geneval", "wise", "reasonbench"] = "auto"
+    format: str = Field("auto", json_schema_extra=_one_of(_prompt_formats))
     limit: Optional[int] = Field(None, ge=1, description="first N prompts (after `categories`); None = all "
                                                          "(prompts.eval_limit when the source is eval_source)")
     categories: Optional[List[str]] = Field(None, description="keep only these categories")
     samples_per_prompt: Optional[int] = Field(None, ge=1, description="None = eval.samples_per_prompt")
+
+    @field_validator("name", "format")
+    @classmethod
+    def _registered(cls, v: str, info: Any) -> str:
+        what, names = ("benchmark", _benchmark_names()) if info.field_name == "name" else ("format", _prompt_formats())
+        if v not in names:
+            raise ValueError(f"unknown {what} {v!r}; {what}s are {', '.join(names)}")
+        return v
 
 
 class UnderstandingConfig(_Section):

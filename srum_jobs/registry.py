@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 # The modules that register the built-in entries (the real-model adapters, the toy world).
 BUILTIN_PLUGINS: Tuple[str, ...] = ("srum_jobs.evaluation.plugin", "srum_jobs.models.plugins",
-                                    "srum_jobs.models.toy_plugin")
+                                    "srum_jobs.toy.plugin")
 
 
 class RegistryError(ValueError):

@@ -36,7 +36,8 @@ def factories(tmp_path_factory):
             return DiffusersFlowModel({"device": "cpu"}, checkpoint=str(save_random_sd3(tmp_path_factory.mktemp("sd3"))))
         if name == "bagel":
             pytest.importorskip("nemo_automodel", reason="pip install --no-deps nemo-automodel==0.7.0 einops")
-            from srum_jobs.models.bagel import BagelModel, save_random_bagel
+            from srum_jobs.models.bagel.model import BagelModel
+            from srum_jobs.models.bagel.testing import save_random_bagel
 
             d = save_random_bagel(tmp_path_factory.mktemp("bagel"))
             return BagelModel({"device": "cpu", "varlen_attention": "torch", "max_think_tokens": "4"}, checkpoint=str(d))

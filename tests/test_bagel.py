@@ -19,7 +19,9 @@ import torch
 pytest.importorskip("nemo_automodel", reason="NeMo AutoModel is not installed: pip install --no-deps "
                     "nemo-automodel==0.7.0 einops")
 
-from srum_jobs.models.bagel import BagelModel, save_random_bagel, torch_varlen_attention  # noqa: E402
+from srum_jobs.models.bagel.attention import torch_varlen_attention  # noqa: E402
+from srum_jobs.models.bagel.model import BagelModel  # noqa: E402
+from srum_jobs.models.bagel.testing import save_random_bagel  # noqa: E402
 from srum_jobs.models.common import ParamError  # noqa: E402
 
 CPU = {"device": "cpu", "varlen_attention": "torch", "text_dropout": "0", "max_think_tokens": "6"}
@@ -294,7 +296,7 @@ def run(rank, world, path, out):
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    from srum_jobs.models.bagel import BagelModel
+    from srum_jobs.models.bagel.model import BagelModel
     results = {}
     for mode in ("full", "hybrid"):
         params = {"device": "cpu", "text_dropout": "0", "fsdp": mode, "activation_checkpointing": "true"}

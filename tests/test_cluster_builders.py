@@ -154,7 +154,7 @@ def test_training_is_a_multinode_torchrun_indexed_job_with_a_headless_service():
     assert cmd == ["python", "-m", "srum_jobs.stages.launch", "--nproc-per-node=8", "--nnodes", "3",
                    "--node-rank", "$(JOB_COMPLETION_INDEX)", "--rdzv-backend", "c10d",
                    "--rdzv-endpoint", f"{name}-0.{name}:29500",
-                   "--", "--experiment", "/etc/srum/experiment.yaml", "--round", "1"]
+                   "--", "stage", "train", "--experiment", "/etc/srum/experiment.yaml", "--round", "1"]
     assert pod["containers"][0]["ports"] == [{"name": "c10d", "containerPort": 29500, "protocol": "TCP"}]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in pod["volumes"]
@@ -274,7 +274,7 @@ def test_every_pod_command_is_a_real_cli_command():
                 cmd = [a.replace("$(JOB_COMPLETION_INDEX)", "0") for a in c["command"]]
                 if cmd[:3] == ["python", "-m", "srum_jobs.stages.launch"]:   # torchrun over `srum stage train`
                     assert importlib.util.find_spec(cmd[2]) is not None
-                    cmd = ["srum", "stage", "train"] + cmd[cmd.index("--") + 1:]
+                    cmd = ["srum"] + cmd[cmd.index("--") + 1:]
                 assert cmd[0] == "srum"
                 _assert_parses(cmd[1:])
 

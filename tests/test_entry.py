@@ -305,7 +305,7 @@ def test_the_classification_table_names_real_classes():
 
 def test_errors_that_carry_their_own_code_keep_it():
     from srum_jobs.cluster.api import ClusterError
-    from srum_jobs.local import StageFailed
+    from srum_jobs.local.executor import StageFailed
 
     assert entry.classify(ClusterError("quota", exitcodes.TEMPORARY))[0] == exitcodes.TEMPORARY
     assert entry.classify(StageFailed("train (round 1)", 78))[0] == exitcodes.CONFIG_ERROR
@@ -337,7 +337,7 @@ def test_nothing_imports_the_cli_module():
 
 
 def test_every_part_reads_the_one_stage_table():
-    from srum_jobs import local
+    from srum_jobs.local import executor as local
     from srum_jobs.cluster import builders, commands as cluster_commands
     from srum_jobs.stages.commands import stage_group
     from srum_jobs.layout import RunLayout
@@ -356,7 +356,7 @@ def test_every_part_reads_the_one_stage_table():
 
 def test_the_local_executor_builds_each_stage_command_from_the_table(tmp_path):
     from srum_jobs.config import parse_experiment
-    from srum_jobs.local import stage_argv
+    from srum_jobs.local.executor import stage_argv
 
     exp = parse_experiment(_exp(tmp_path))
     for name, spec in STAGES.items():
@@ -364,7 +364,7 @@ def test_the_local_executor_builds_each_stage_command_from_the_table(tmp_path):
         assert argv[1:5] == ["-m", "srum_jobs.cli", "stage", name] and argv[-1] == "--no-progress"
     train = stage_argv(STAGES["train"], exp, tmp_path / "e.json", 2, nproc=3, progress=True)
     assert train[1:4] == ["-m", "srum_jobs.stages.launch", "--nproc-per-node=3"]
-    assert train[train.index("--") + 1:] == ["--experiment", str(tmp_path / "e.json"), "--round", "2"]
+    assert train[train.index("--") + 1:] == ["stage", "train", "--experiment", str(tmp_path / "e.json"), "--round", "2"]
 
 
 def test_the_launcher_passes_the_cause_through_not_the_peers_broken_collective():

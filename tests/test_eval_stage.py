@@ -14,7 +14,7 @@ from srum_jobs.evaluation import load_benchmark
 from srum_jobs.evaluation.run import Run, RunSpec, Scorer, evaluate_run
 from srum_jobs.judging.inprocess import InProcessTransport
 from srum_jobs.judging.protocols import JudgeReply
-from srum_jobs.models.toy.rules_evaluator import ToyRulesEvaluator
+from srum_jobs.toy.rules_evaluator import ToyRulesEvaluator
 from srum_jobs.stages import evaluate, report
 from srum_jobs.stages.common import StageContext, candidate_seed
 
@@ -90,7 +90,7 @@ def test_an_interrupted_run_continues_item_by_item(tmp_path, toy_model):
     exp = _exp(tmp_path)
     ctx = StageContext.create(exp, 1)
     bench = load_benchmark("toy")
-    from srum_jobs.models.toy.world import toy_prompts
+    from srum_jobs.toy.world import toy_prompts
 
     spec = RunSpec(Run("toy", "base", "plain"), bench, toy_prompts("eval")[:6], samples=1)
     seed_of = lambda p, k: candidate_seed(1234, 0, p.index, k)  # noqa: E731
@@ -186,7 +186,7 @@ def test_stage_refuses_to_evaluate_with_the_trained_model(tmp_path):
 def test_toy_benchmark_through_the_triton_evaluator(triton_server, tmp_path, toy_model, monkeypatch):
     """The real path: instruction -> srum_evaluator (toy_rules) over gRPC -> parser -> aggregation; the
     verdicts equal the rule-based evaluator's own."""
-    from srum_jobs.models.toy.evaluator import evaluate_image
+    from srum_jobs.toy.evaluator import evaluate_image
 
     exp = parse_experiment({**_exp(tmp_path).model_dump(mode="json"), "judge": {"url": triton_server.grpc_url},
                             "eval": {"understanding": {"enabled": False}, "modes": ["plain"]}})
@@ -208,7 +208,7 @@ def test_analyses_per_step_and_clusters_on_the_toy_world(tmp_path, monkeypatch):
     import srum_jobs.stages.common as common
     from srum_jobs.evaluation import analyses
     from srum_jobs.models.base import load_model
-    from srum_jobs.models.toy.pretrain import ensure_base
+    from srum_jobs.toy.pretrain import ensure_base
 
     monkeypatch.setattr(evaluator_mod, "evaluator_transport", _in_process(ToyRulesEvaluator({})))
     loads = []

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from srum_jobs import exitcodes
 from srum_jobs.config import parse_experiment
-from srum_jobs.local import default_experiment, run_local
+from srum_jobs.local.executor import default_experiment, run_local
 from srum_jobs.records import RewardRecord, read_records
 from srum_jobs.stages.common import StageContext, round_prompts
 
@@ -100,14 +100,14 @@ def test_training_killed_between_checkpoints_resumes_with_the_same_curve(tmp_pat
     run_local(clean, stages=("train",), workdir=tmp_path / "w1", progress=False, nproc=1)
     exp_file = _write(killed, tmp_path / "killed.json")
     ctx = StageContext.create(parse_experiment(killed), 1)
-    proc = subprocess.Popen([sys.executable, "-m", "srum_jobs.stages.train", "--experiment", str(exp_file),
+    proc = subprocess.Popen([sys.executable, "-m", "srum_jobs.cli", "stage", "train", "--experiment", str(exp_file),
                              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     _wait_for(lambda: 4 in ctx.layout.completed_checkpoints(), 300, "checkpoint step 4", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not ctx.layout.shard_done("train", 0), "training finished before it could be killed"
-    rerun = subprocess.run([sys.executable, "-m", "srum_jobs.stages.train", "--experiment", str(exp_file),
+    rerun = subprocess.run([sys.executable, "-m", "srum_jobs.cli", "stage", "train", "--experiment", str(exp_file),
                             "--no-progress"], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed_from = max(s for s in ctx.layout.completed_checkpoints() if s < 8)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from srum_jobs.local import PRESETS, default_experiment
+from srum_jobs.local.executor import PRESETS, default_experiment
 from srum_jobs.config import parse_experiment
 from srum_jobs.stages.train import batch_indices
 from srum_jobs.storage import Lease, LeaseHeld, LocalStore

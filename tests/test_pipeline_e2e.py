@@ -20,7 +20,7 @@ from typing import Dict
 import pytest
 
 from srum_jobs.config import parse_experiment
-from srum_jobs.local import default_experiment, run_local
+from srum_jobs.local.executor import default_experiment, run_local
 from srum_jobs.records import RewardRecord, read_records
 from srum_jobs.stages.common import StageContext, round_prompts
 
@@ -178,7 +178,7 @@ def test_interrupted_runs_leave_no_process_and_no_lease_and_resume_to_the_same_r
                                 start_new_session=True), log
 
     def training(proc):
-        return lambda: any("srum_jobs.stages.train" in c for c in _descendants(proc.pid).values())
+        return lambda: any("srum_jobs.cli stage train" in c for c in _descendants(proc.pid).values())   # a worker
 
     proc, log = start(1)      # Ctrl-C during generate, and again while it is stopping
     _until(lambda: items.is_dir() and len(list(items.glob("*.json"))) >= 2, 300, "generate under way", proc)

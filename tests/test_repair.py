@@ -25,7 +25,7 @@ from srum_jobs.cli import main
 from srum_jobs.config import parse_experiment
 from srum_jobs.judging.backends import load_boxer_backend, load_judge_backend
 from srum_jobs.judging.inprocess import InProcessTransport
-from srum_jobs.local import default_experiment
+from srum_jobs.local.executor import default_experiment
 from srum_jobs.records import RewardRecord, read_records
 from srum_jobs.stages import generate, rewards, train
 from srum_jobs.stages.common import StageContext
@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NAME = "repair"
 
 
-def _transport():
+def _in_process(exp, store=None, cache_key=None):
+    """generate's judge without a server: the toy backends in this process."""
     return InProcessTransport(load_judge_backend("toy", {"preset": "test"}), load_boxer_backend("components", {}))
 
 
@@ -49,8 +50,10 @@ def built(tmp_path_factory):
     data["judge"]["url"] = "127.0.0.1:1"        # stages check that a judge is named; these never call it
     data["training"].update(steps=4, save_every=1, batch_size=4, warmup_steps=1, keep_checkpoints=2)
     exp = parse_experiment(data)
-    for shard in range(2):
-        generate.run(exp, 1, shard, 2, transport=_transport(), progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generate, "judge_transport", _in_process)
+        for shard in range(2):
+            generate.run(exp, 1, shard, 2, progress=False)
     rewards.run(exp, 1, progress=False)
     train.run(exp, 1, progress=False)
     return root, data
@@ -119,7 +122,7 @@ def test_a_damaged_records_jsonl_is_rebuilt_by_the_rewards_stage(built, tmp_path
     assert after == before and _sha(root / ctx.layout.rewards_index_key(0)) == index_before
 
 
-def test_a_damaged_candidate_record_is_generated_and_judged_again(built, tmp_path):
+def test_a_damaged_candidate_record_is_generated_and_judged_again(built, tmp_path, monkeypatch):
     root, data, f, ctx = _copy(built, tmp_path)
     records = root / ctx.layout.records_key(1)
     original = records.read_text()
@@ -133,7 +136,8 @@ def test_a_damaged_candidate_record_is_generated_and_judged_again(built, tmp_pat
     assert "1 candidate record(s) cannot rebuild it" in r.output and "run generate for this shard again" in r.output
     assert not ctx.layout.shard_done("generate", 1) and not item.exists()
     # generate (which talks to the judge: in-process here) redoes just that candidate, to the same record
-    summary = generate.run(ctx.exp, 1, 1, 2, transport=_transport(), progress=False)
+    monkeypatch.setattr(generate, "judge_transport", _in_process)
+    summary = generate.run(ctx.exp, 1, 1, 2, progress=False)
     assert summary["records"] == 8
     assert records.read_text() == original
     recs = list(read_records(original, RewardRecord))
@@ -195,8 +199,8 @@ def test_a_full_disk_under_torchrun_is_one_line_per_rank_and_74(built, tmp_path)
     script = (f'mount -t tmpfs -o size={size_kb}k tmpfs "$0" && cp -a "{src}/." "$0/" && "$@"; rc=$?; '
               'find "$0" -name ".*.tmp"; exit $rc')
     r = subprocess.run(["unshare", "-Urm", "sh", "-c", script, str(mount), sys.executable, "-m",
-                        "srum_jobs.stages.launch", "--nproc-per-node=2", "--", "--experiment", str(f), "--round", "1",
-                        "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        "srum_jobs.stages.launch", "--nproc-per-node=2", "--", "stage", "train", "--experiment", str(f),
+                        "--round", "1", "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == exitcodes.NO_SPACE, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr[-3000:]

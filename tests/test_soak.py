@@ -20,7 +20,7 @@ N_IMAGES, N_PROMPTS = 20, 100  # 2,000 distinct (image, instruction) pairs
 
 
 def _png(seed: int) -> bytes:
-    from srum_jobs.models.toy.world import render_prompt, to_pil, toy_prompts
+    from srum_jobs.toy.world import render_prompt, to_pil, toy_prompts
 
     val = toy_prompts("val")
     img = to_pil(render_prompt(val[seed * 7 % len(val)].text, np.random.default_rng(seed)))
@@ -31,8 +31,8 @@ def _png(seed: int) -> bytes:
 
 def test_two_thousand_judgments_survive_server_restarts(triton_server):
     from srum_jobs.judging.templates import load_templates
-    from srum_jobs.models.toy.judge import ToyJudgeBackend
-    from srum_jobs.models.toy.world import toy_prompts
+    from srum_jobs.toy.judge_backend import ToyJudgeBackend
+    from srum_jobs.toy.world import toy_prompts
 
     tpl = load_templates()
     prompts = [p.text for p in toy_prompts("val")[:N_PROMPTS]]

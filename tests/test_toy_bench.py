@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from srum_jobs.models.toy import bench as B
-from srum_jobs.models.toy import world as w
+from srum_jobs.toy import bench as B
+from srum_jobs.toy import world as w
 
 CATS = set(w.CATEGORIES)
 CONTRACT = ["base", "base_think", "sft", "sft_filtered", "sample_reward", "srum_paper", "srum_debiased", "srum",
@@ -157,8 +157,8 @@ def test_balanced_prompt_selection():
 
 
 def test_toy_pretrain_cli_rebuilds_the_preset(monkeypatch, tmp_path):
-    from srum_jobs.models.toy import pretrain as pt
-    from srum_jobs.models.toy.commands import toy_group
+    from srum_jobs.toy import pretrain as pt
+    from srum_jobs.toy.commands import toy_group
 
     tiny = {"seed": 1, "perception": {"width": 4, "steps": 2, "batch": 2, "lr": 1e-3},
             "generator": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "steps": 2, "batch": 2,
@@ -178,7 +178,7 @@ def test_commands_module_imports_only_click():
     import subprocess
     import sys
 
-    code = ("import sys; import srum_jobs.models.toy.commands as c; "
+    code = ("import sys; import srum_jobs.toy.commands as c; "
             "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -12,8 +12,9 @@ import pytest
 from srum_jobs.judging.parse import parse_global, parse_regions, parse_sample, parse_verify
 from srum_jobs.judging.protocols import JudgeBackend, JudgeParams
 from srum_jobs.judging.templates import load_templates
-from srum_jobs.models.toy import judge as J
-from srum_jobs.models.toy import world as w
+from srum_jobs.toy import judge as J
+from srum_jobs.toy.judge_backend import ToyJudgeBackend
+from srum_jobs.toy import world as w
 
 
 # --------------------------------------------------------------------------------------- instructions
@@ -110,7 +111,7 @@ def test_answers_are_truncated_like_a_decoder_budget():
 # ------------------------------------------------------------------------------------- the backend
 @pytest.fixture(scope="module")
 def toy_judge():
-    return J.ToyJudgeBackend({"preset": "test"})
+    return ToyJudgeBackend({"preset": "test"})
 
 
 def test_backend_implements_the_protocol_and_answers_parse(toy_judge):
@@ -131,9 +132,9 @@ def test_backend_implements_the_protocol_and_answers_parse(toy_judge):
     think = toy_judge.generate(images[:1], [tpl.render_global(prompts[0].text, 32, 32)], JudgeParams(think=True))[0]
     assert think.think_text.startswith("I see:")
     with pytest.raises(ValueError, match="unknown parameter"):
-        J.ToyJudgeBackend({"presett": "test"})
+        ToyJudgeBackend({"presett": "test"})
     with pytest.raises(ValueError, match="preset='huge'"):
-        J.ToyJudgeBackend({"preset": "huge"})
+        ToyJudgeBackend({"preset": "huge"})
 
 
 def test_backend_reads_other_image_sizes_and_scales_boxes(toy_judge):
@@ -156,7 +157,7 @@ def test_the_judging_pipeline_runs_on_the_toy_backends(toy_judge):
     from srum_jobs.config import JudgeConfig, RewardConfig
     from srum_jobs.judging.inprocess import InProcessTransport
     from srum_jobs.judging.pipeline import CandidateItem, judge_many
-    from srum_jobs.models.toy.components import ComponentsBoxer
+    from srum_jobs.toy.components import ComponentsBoxer
 
     rng = np.random.default_rng(2)
     prompts = w.toy_prompts("val")[::40]
@@ -185,7 +186,7 @@ def test_artefact_boxes_are_scored_not_dropped_with_score_unverified(toy_judge):
     from srum_jobs.config import JudgeConfig, RewardConfig
     from srum_jobs.judging.inprocess import InProcessTransport
     from srum_jobs.judging.pipeline import CandidateItem, judge_many
-    from srum_jobs.models.toy.components import ComponentsBoxer
+    from srum_jobs.toy.components import ComponentsBoxer
     from srum_jobs.records import Prompt
     from srum_jobs.rewards import reward_map_from_record
 
@@ -228,12 +229,12 @@ def test_artefact_boxes_are_scored_not_dropped_with_score_unverified(toy_judge):
 def test_shipped_demo_judge_reads_fresh_renders(monkeypatch):
     """The demo judge (when its checkpoint ships with the package) agrees with the ground truth of fresh
     renders: every global judgment positive on correct images, negative on images of another prompt."""
-    from srum_jobs.models.toy.pretrain import shipped_dir
+    from srum_jobs.toy.pretrain import shipped_dir
 
     d = shipped_dir("demo")
     if d is None:
         pytest.skip("no demo checkpoint ships with this tree (srum toy pretrain --preset demo builds one)")
-    judge = J.ToyJudgeBackend({"checkpoint": str(d)})
+    judge = ToyJudgeBackend({"checkpoint": str(d)})
     tpl = load_templates()
     rng = np.random.default_rng(77)
     prompts = list(w.prompt_set("eval"))[::2]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from srum_jobs.models.base import FlowOutput, UnifiedModel, load_model
-from srum_jobs.models.toy import pretrain as pt
-from srum_jobs.models.toy import world as w
+from srum_jobs.toy import pretrain as pt
+from srum_jobs.toy import world as w
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_shipped_demo_checkpoint_rebuilds_from_its_seed():
     assert size < 10 * 2 ** 20
     if os.environ.get("SRUM_TEST_REBUILD_DEMO") != "1":
         return
-    from srum_jobs.models.toy.bench import measure_base
+    from srum_jobs.toy.bench import measure_base
 
     rebuilt = pt.ensure_base("demo", rebuild=True)
     got = measure_base(rebuilt)
@@ -190,18 +190,18 @@ def test_unknown_generator_schedule_is_named(tiny_preset, monkeypatch):
         pt.train_generator(pt.PRESETS["tiny"]["generator"], 0, log=lambda m: None)
 
 
-def test_stages_keep_think_texts_and_train_the_debiased_loss_against_the_frozen_base(tmp_path):
+def test_stages_keep_think_texts_and_train_the_debiased_loss_against_the_frozen_base(tmp_path, monkeypatch):
     """generate (think mode) -> rewards -> train through the stage entrypoints, in process: each record keeps
     the plan its image was drawn from, the training index carries it, and the train stage builds the
     frozen base for the debiased loss and its base anchor."""
     from srum_jobs.config import parse_experiment
     from srum_jobs.judging.inprocess import InProcessTransport
-    from srum_jobs.models.toy.components import ComponentsBoxer
-    from srum_jobs.models.toy.judge import ToyJudgeBackend
-    from srum_jobs.models.toy.plan import parse_plan
+    from srum_jobs.toy.components import ComponentsBoxer
+    from srum_jobs.toy.judge_backend import ToyJudgeBackend
+    from srum_jobs.toy.plan import parse_plan
     from srum_jobs.stages import generate, rewards, train
     from srum_jobs.stages.common import StageContext
-    from srum_jobs.stages.rewards import load_training_index, shard_records
+    from srum_jobs.stages.candidates import shard_records
 
     exp = parse_experiment({
         "name": "think-debiased", "storage": {"root": f"file://{tmp_path}"},
@@ -210,16 +210,17 @@ def test_stages_keep_think_texts_and_train_the_debiased_loss_against_the_frozen_
         "generation": {"candidates_per_prompt": 2, "steps": 2, "think": True, "batch_size": 8},
         "reward": {"mode": "corrective", "weighting": "debiased", "reference": "base", "score_unverified": True},
         "training": {"steps": 2, "batch_size": 2, "warmup_steps": 0, "save_every": 2, "lr": 1e-4}})
-    transport = InProcessTransport(ToyJudgeBackend({"preset": "test"}), ComponentsBoxer({}))
-    generate.run(exp, 1, transport=transport, progress=False)
+    monkeypatch.setattr(generate, "judge_transport", lambda exp, store=None, cache_key=None:
+                        InProcessTransport(ToyJudgeBackend({"preset": "test"}), ComponentsBoxer({})))
+    generate.run(exp, 1, progress=False)
     rewards.run(exp, 1, progress=False)
     ctx = StageContext.create(exp, 1)
     recs = shard_records(ctx, 0, 1)
     assert len(recs) == 6 and all(parse_plan(r.think_text).objects for r in recs)
-    index = load_training_index(ctx)
+    index = ctx.layout.training_index(exp.prompts.num_shards)
     assert index and all(e["think_text"] for e in index)
     summary = train.run(exp, 1, progress=False)
     assert summary["final_step"] == 2
-    metrics = train.load_metrics(ctx)
+    metrics = ctx.layout.metrics()
     assert len(metrics) == 2 and all(np.isfinite(m["loss"]) for m in metrics)
     assert metrics[0]["reference_term"] == pytest.approx(0.0, abs=1e-9)   # step 1: the model is the base

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from srum_jobs.models.toy import plan as P
-from srum_jobs.models.toy import world as w
+from srum_jobs.toy import plan as P
+from srum_jobs.toy import world as w
 
 
 def test_plan_text_round_trips_through_the_parser():
@@ -136,8 +136,8 @@ def test_training_forward_conditions_on_plans(toy):
 
 
 def test_a_generator_without_plan_channels_has_no_think_mode(toy):
-    from srum_jobs.models.toy.model import ToyModel
-    from srum_jobs.models.toy.nets import FlowUNet
+    from srum_jobs.toy.model import ToyModel
+    from srum_jobs.toy.nets import FlowUNet
 
     plain_only = ToyModel(FlowUNet(channels=(8, 16, 16), text_dim=16, text_layers=1),
                           toy.understanding.perception.net)
@@ -147,7 +147,7 @@ def test_a_generator_without_plan_channels_has_no_think_mode(toy):
 
 
 def test_an_unknown_planner_in_the_model_params_is_named():
-    from srum_jobs.models.toy.model import ToyModel
+    from srum_jobs.toy.model import ToyModel
 
     with pytest.raises(ValueError, match=r"model.params.planner: 'messy' is not a toy planner; planners are tidy, random"):
         ToyModel(None, None, planner="messy")

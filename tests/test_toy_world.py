@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from srum_jobs.judging.protocols import BoxerBackend, BoxOptions
-from srum_jobs.models.toy import evaluator as ev
-from srum_jobs.models.toy import world as w
-from srum_jobs.models.toy.components import ComponentsBoxer, label_classes, label_runs
+from srum_jobs.toy import evaluator as ev
+from srum_jobs.toy import world as w
+from srum_jobs.toy.components import ComponentsBoxer, label_classes, label_runs
 
 
 # --------------------------------------------------------------------------------------------- grammar
@@ -286,7 +286,7 @@ def test_miscaption_changes_exactly_one_respect_and_stays_renderable():
 
 
 def test_caption_noise_renders_other_scenes_under_the_same_captions_and_plans_follow_the_image():
-    from srum_jobs.models.toy import pretrain
+    from srum_jobs.toy import pretrain
 
     clean = pretrain.generator_batch(np.random.default_rng(0), 16)
     same = pretrain.generator_batch(np.random.default_rng(0), 16, caption_noise=0.0)

@@ -14,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from srum_jobs import registry
 from srum_jobs.judging import backends
 from srum_jobs.judging.backends import (BackendError, BadRequest, BoxItem, BoxerTensors, JudgeItem, JudgeTensors,
                                         backend_class, batch_log_line, decode_image, decode_text, model_settings,
@@ -68,11 +69,11 @@ def test_unknown_backend_names_the_choices():
 
 
 def test_registries_point_at_the_agreed_classes():
-    assert backends.JUDGE_BACKENDS == {"toy": "srum_jobs.models.toy.judge:ToyJudgeBackend",
+    assert registry.JUDGE_BACKENDS == {"toy": "srum_jobs.toy.judge_backend:ToyJudgeBackend",
                                        "hf": "srum_jobs.models.hf_judge:HFJudgeBackend",
-                                       "bagel": "srum_jobs.models.bagel:BagelJudgeBackend",
-                                       "toy_rules": "srum_jobs.models.toy.rules_evaluator:ToyRulesEvaluator"}
-    assert backends.BOXER_BACKENDS == {"components": "srum_jobs.models.toy.components:ComponentsBoxer",
+                                       "bagel": "srum_jobs.models.bagel.judge:BagelJudgeBackend",
+                                       "toy_rules": "srum_jobs.toy.rules_evaluator:ToyRulesEvaluator"}
+    assert registry.BOXER_BACKENDS == {"components": "srum_jobs.toy.components:ComponentsBoxer",
                                        "sam": "srum_jobs.models.sam_boxer:SamBoxer"}
 
 

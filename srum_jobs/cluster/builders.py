@@ -377,7 +377,7 @@ def distributed_command(ref: RunRef, stage: str) -> List[str]:
     tr, res = ref.exp.training, _resources_config(ref.exp, stage)
     nproc = res.gpu if res.gpu > 0 else tr.nproc_per_node
     name = job_name(ref.exp.name, ref.round, stage)
-    return launcher_argv("python", nproc, stage_spec(stage).args(ref.experiment_path, ref.round), torchrun_args=[
+    return launcher_argv("python", nproc, stage_spec(stage).command(ref.experiment_path, ref.round), torchrun_args=[
         "--nnodes", str(tr.nnodes), "--node-rank", "$(JOB_COMPLETION_INDEX)", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", f"{name}-0.{rendezvous_service_name(ref, stage)}:{RDZV_PORT}"])
 

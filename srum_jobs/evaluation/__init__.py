@@ -3,7 +3,7 @@ answer parser, aggregation, table), shared statistics (paired bootstrap), the un
 runner and the paper's analyses. The eval stage (stages/evaluate.py) drives them.
 
 Registry: the config string in `eval.benchmarks[].name` -> "module:Class" (registry.BENCHMARKS, filled by
-evaluation/plugin.py and, for the toy world's benchmark, models/toy_plugin.py), imported only when used.
+evaluation/plugin.py and, for the toy world's benchmark, toy/plugin.py), imported only when used.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The toy benchmark: the toy world's rule-based evaluator (models/toy/evaluator.py), served as the
-`toy_rules` backend of the srum_evaluator Triton model (models/toy/rules_evaluator.py), so the toy path
+"""The toy benchmark: the toy world's rule-based evaluator (toy/evaluator.py), served as the
+`toy_rules` backend of the srum_evaluator Triton model (toy/rules_evaluator.py), so the toy path
 is the same path a real evaluator takes: instruction -> Triton -> text -> parser -> aggregation.
 
 Protocol: one yes/no question per image ("does it show exactly what the prompt says?"); item value 1 or

@@ -2,7 +2,7 @@
 multiple-choice VQA (MME-style) through the model's *own* `understand`, base vs trained, same items.
 
 Item sets:
-  * the shipped set (models/toy/vqa_fixture.py): MME-style pairs (one true and one false statement per
+  * the shipped set (toy/vqa_fixture.py): MME-style pairs (one true and one false statement per
     image) in four perception subtasks (count, color, shape, position) and four-option questions;
   * a user's set: `eval.understanding.source`, JSONL lines
       {"id", "image": "<path relative to the file, or absolute, or an s3:// URI>", "question",
@@ -55,7 +55,7 @@ class VQAError(PromptError):
 
 def load_items(source: Optional[str], storage: Any = None, limit: Optional[int] = None) -> List[VQAItem]:
     if not source or source == FIXTURE:
-        from ..models.toy.vqa_fixture import build_fixture
+        from ..toy.vqa_fixture import build_fixture
 
         raw = build_fixture()
         items = [VQAItem(index=i, **{k: v for k, v in r.items() if k in VQAItem.__dataclass_fields__})

@@ -24,11 +24,9 @@ from .. import registry
 from .protocols import BoxerBackend, BoxOptions, BoxProposal, JudgeBackend, JudgeParams, JudgeReply
 
 # The registries (name -> "module:Class") live in the torch-free registry module, filled by the plugins
-# (models/plugins.py, models/toy_plugin.py); every class takes `(params: dict)` with string values. A name
+# (models/plugins.py, toy/plugin.py); every class takes `(params: dict)` with string values. A name
 # that is itself "module:Class" selects a class outside the registry (an operator's own backend).
-JUDGE_BACKENDS = registry.JUDGE_BACKENDS
-BOXER_BACKENDS = registry.BOXER_BACKENDS
-_REGISTRIES = {"judge": (JUDGE_BACKENDS, JudgeBackend), "boxer": (BOXER_BACKENDS, BoxerBackend)}
+_REGISTRIES = {"judge": (registry.JUDGE_BACKENDS, JudgeBackend), "boxer": (registry.BOXER_BACKENDS, BoxerBackend)}
 
 # What to install when a backend's module imports something that is not there.
 _EXTRA_HINT = "install the project's optional model dependencies: pip install 'srum-jobs[models]'"
@@ -110,8 +108,9 @@ def request_error_types(backend: Any) -> Tuple[type, ...]:
     cls = type(backend)
     found = list(getattr(backend, "request_errors", ()) or ())
     target = f"{cls.__module__}:{cls.__qualname__}"
-    for name in [n for n, t in JUDGE_BACKENDS.items() if t == target]:
-        found += [registry.import_target(t) for t in JUDGE_BACKENDS.trait(name, "request_errors")]
+    judges = registry.JUDGE_BACKENDS
+    for name in [n for n, t in judges.items() if t == target]:
+        found += [registry.import_target(t) for t in judges.trait(name, "request_errors")]
     return tuple(found)
 
 

@@ -62,6 +62,12 @@ class InProcessTransport:
     async def close(self) -> None:
         """Nothing to release; present so callers can close any transport the same way."""
 
+    async def __aenter__(self) -> "InProcessTransport":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
     # ---------------------------------------------------------------------------------- batching
     async def _submit(self, which: str, payload: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import click
 
 from .. import exitcodes
-from ..stages.spec import STAGE_NAMES, StageSpec, get as stage_spec, launcher_argv, parse_stage_list
+from ..stages.spec import CLI_MODULE, STAGE_NAMES, StageSpec, get as stage_spec, launcher_argv, parse_stage_list
 from ..storage import Lease, LeaseLost
 from .process_groups import group_members, signal_group
 
@@ -41,7 +41,7 @@ ALL_STAGES = STAGE_NAMES
 # Built-in toy experiments. `demo` is the README's main job; `test` is the test suite's end-to-end run.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "demo": {
-        # One self-rewarding round as the bench runs it (models/toy/bench.py ROUNDS["demo"], chosen on the
+        # One self-rewarding round as the bench runs it (toy/bench.py ROUNDS["demo"], chosen on the
         # validation split), on fewer prompts so it fits a few minutes on 2 cores.
         "prompts": {"source": "toy://train", "limit": 160, "num_shards": 2, "eval_source": "toy://eval",
                     "eval_limit": 200},
@@ -137,10 +137,10 @@ class Children:
 def stage_argv(spec: StageSpec, exp: Any, exp_file: Path, round: int, *, nproc: int, progress: bool) -> List[str]:
     """How this machine runs one stage of one round: one process doing every shard, or the torchrun
     launcher when the stage is distributed over more than one process."""
-    args = spec.args(str(exp_file), round, progress=progress)
+    command = spec.command(str(exp_file), round, progress=progress)
     if spec.distributed and nproc > 1:
-        return launcher_argv(sys.executable, nproc, args)
-    return [sys.executable, "-m", "srum_jobs.cli"] + ["stage", spec.name] + args
+        return launcher_argv(sys.executable, nproc, command)
+    return [sys.executable, "-m", CLI_MODULE, *command]
 
 
 def run_local(exp_data: Dict[str, Any], *, rounds: int = 1, stages: Sequence[str] = ALL_STAGES, workdir: Path,

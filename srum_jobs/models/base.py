@@ -79,11 +79,6 @@ class ActivationModel(Protocol):
         ...
 
 
-# The adapter registry lives in the torch-free registry module (validate and the cluster commands read it);
-# it is re-exported here for the code that loads models.
-MODEL_ADAPTERS = registry.MODEL_ADAPTERS
-
-
 def pixels_from_images(images: Sequence[Any]) -> torch.Tensor:
     """RGB images (PIL or HxWx3 uint8 arrays) as the (B, 3, H, W) float tensor in [-1, 1] that
     `training_forward` takes."""
@@ -95,6 +90,7 @@ def pixels_from_images(images: Sequence[Any]) -> torch.Tensor:
 
 
 def load_model(adapter: str, params: Dict[str, Any], checkpoint: Optional[str] = None) -> UnifiedModel:
-    if adapter not in MODEL_ADAPTERS:
-        raise ValueError(f"model.adapter {adapter!r} is not one of {sorted(MODEL_ADAPTERS)}")
-    return MODEL_ADAPTERS.load(adapter)(params=params, checkpoint=checkpoint)
+    adapters = registry.MODEL_ADAPTERS
+    if adapter not in adapters:
+        raise ValueError(f"model.adapter {adapter!r} is not one of {sorted(adapters)}")
+    return adapters.load(adapter)(params=params, checkpoint=checkpoint)

@@ -124,8 +124,15 @@ def make_judge_fn(ctx: StageContext, transport: Any):
     return judge_fn
 
 
-def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, transport: Any = None,
-        progress: bool = True) -> Dict[str, Any]:
+def judge_transport(exp: Experiment, store: Any = None, cache_key: Any = None) -> Any:
+    """The judge server's transport (Triton gRPC, boxer included), an async context manager. Tests and
+    in-process benches replace this function to judge without a server."""
+    from ..judging.client import TritonTransport
+
+    return TritonTransport.from_config(exp.judge, experiment=exp.name, store=store, cache_key=cache_key)
+
+
+def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, progress: bool = True) -> Dict[str, Any]:
     ctx = StageContext.create(exp, round)
     if ctx.layout.shard_done("generate", shard):
         damage = records_damage(ctx, shard)
@@ -148,7 +155,7 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, tra
                     f"{len(items) - len(todo)} already done")
         if todo:
             model = model or load_round_model(ctx)
-            timing = _generate_shard(ctx, exp, shard, todo, items, model, transport, progress)
+            timing = _generate_shard(ctx, exp, shard, todo, items, model, progress)
         records, bad = read_items(ctx, shard, items)
         if not bad:
             break
@@ -170,17 +177,12 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, tra
 
 
 def _generate_shard(ctx: StageContext, exp: Experiment, shard: int, todo: List[Item], items: List[Item], model: Any,
-                    transport: Any, progress: bool) -> Dict[str, float]:
+                    progress: bool) -> Dict[str, float]:
     """Generate and judge the `todo` candidates of a shard, with a progress bar over all of its `items`."""
     async def go(bar) -> Dict[str, float]:
-        if transport is not None:  # injected (tests, in-process benches)
-            return await _generate_and_judge(ctx, shard, todo, model, make_judge_fn(ctx, transport), bar)
-        from ..judging.client import TritonTransport
-
         # gRPC channels belong to the event loop they were made in: open the transport inside it
-        async with TritonTransport.from_config(exp.judge, experiment=exp.name, store=ctx.store,
-                                               cache_key=ctx.layout.cache_key) as remote:
-            return await _generate_and_judge(ctx, shard, todo, model, make_judge_fn(ctx, remote), bar)
+        async with judge_transport(exp, ctx.store, ctx.layout.cache_key) as transport:
+            return await _generate_and_judge(ctx, shard, todo, model, make_judge_fn(ctx, transport), bar)
 
     with progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"generate+judge shard {shard}",
                       unit="img", enabled=progress) as bar:

@@ -1,5 +1,6 @@
-"""`python -m srum_jobs.stages.launch [torchrun options] -- STAGE OPTIONS`: torchrun, in this process, over
-the distributed stage (train), passing a worker's exit code through.
+"""`python -m srum_jobs.stages.launch [torchrun options] -- stage NAME OPTIONS`: torchrun, in this process,
+over a distributed stage of the stage table (train), passing a worker's exit code through. Every worker runs
+`srum stage NAME OPTIONS` (the CLI module), the same entry path as any other stage.
 
 Plain torchrun reports any worker failure as exit 1 with a page of its own traceback, which hides a
 configuration error (78) or a full disk (74) from the caller and from a Job's podFailurePolicy. Here the
@@ -16,18 +17,20 @@ import sys
 from typing import List, Optional
 
 from .. import entry, exitcodes
+from .spec import CLI_MODULE, STAGES
 
-MODULE = "srum_jobs.stages.train"
+USAGE = "usage: python -m srum_jobs.stages.launch [torchrun options] -- stage NAME --experiment FILE --round N"
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("usage: python -m srum_jobs.stages.launch [torchrun options] -- --experiment FILE --round N",
-              file=sys.stderr)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    torchrun_args, stage_command = argv[:cut], argv[cut + 1:]
+    distributed = [name for name, spec in STAGES.items() if spec.distributed]
+    if stage_command[:1] != ["stage"] or stage_command[1:2] == [] or stage_command[1] not in distributed:
+        print(f"{USAGE}\n(NAME: a distributed stage of the stage table: {', '.join(distributed)})", file=sys.stderr)
         sys.exit(exitcodes.USAGE)
-    cut = argv.index("--")
-    torchrun_args, stage_args = argv[:cut], argv[cut + 1:]
+    what = f"stage {stage_command[1]}"
     entry.bind_to_parent()
     entry.stop_on_signals()
     os.environ[entry.PARENT_ENV] = str(os.getpid())    # the workers' parent is this process
@@ -42,10 +45,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         from torch.distributed.run import main as torchrun
 
         try:
-            torchrun([*torchrun_args, "-m", MODULE, *stage_args])
+            torchrun([*torchrun_args, "-m", CLI_MODULE, *stage_command])
         except ChildFailedError as e:
             rank, code = _cause(e)
-            print(f"error: {MODULE} rank {rank} exited with {code} ({exitcodes.meaning(code)})", file=sys.stderr)
+            print(f"error: {what} rank {rank} exited with {code} ({exitcodes.meaning(code)})", file=sys.stderr)
             sys.exit(code if code in exitcodes.MEANING or code > 128 else exitcodes.FAILURE)
         except SignalException as e:
             raise entry.Stopped(int(e.sigval)) from None

@@ -79,9 +79,3 @@ def _summary(index: List[dict], counts: Counter) -> Dict[str, Any]:
     return {"counts": dict(counts), "global_score_histogram": {"edges": edges.tolist(), "counts": hist.tolist()},
             "share_unparsed": (counts["global_unparsed"]) / n,
             "share_filtered": 1.0 - counts["used"] / n}
-
-
-def load_training_index(ctx: StageContext) -> List[dict]:
-    """Compatibility name for the toy-world branch's tests (issue 13): the reader is the layout's,
-    `ctx.layout.training_index`. Drop once nothing imports it from here."""
-    return ctx.layout.training_index(ctx.exp.prompts.num_shards)

@@ -100,8 +100,15 @@ def parse_stage_list(text: str) -> Tuple[str, ...]:
     return tuple(s for s in STAGE_NAMES if s in chosen)
 
 
-def launcher_argv(python: str, nproc: int, stage_args: Sequence[str], *, torchrun_args: Sequence[str] = ()) -> List[str]:
-    """The command that runs the distributed stage under torchrun through `stages.launch`, which passes a
-    worker's exit code through (plain torchrun turns every failure into 1, hiding a 78 or a 74)."""
+# The module that runs `srum stage NAME ...` in a child process (the local executor's children, the torchrun
+# workers): the CLI, so a child takes the one entry path (loading, checks, exit codes) like a pod does.
+CLI_MODULE = "srum_jobs.cli"
+
+
+def launcher_argv(python: str, nproc: int, stage_command: Sequence[str], *,
+                  torchrun_args: Sequence[str] = ()) -> List[str]:
+    """The command that runs a distributed stage under torchrun through `stages.launch`: every worker runs
+    `stage_command` (StageSpec.command: `stage NAME ...`), and the launcher passes a worker's exit code
+    through (plain torchrun turns every failure into 1, hiding a 78 or a 74)."""
     return [python, "-m", "srum_jobs.stages.launch", f"--nproc-per-node={nproc}", *torchrun_args, "--",
-            *stage_args]
+            *stage_command]

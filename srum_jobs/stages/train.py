@@ -1,8 +1,8 @@
 """Stage 3, train: reward-weighted flow matching under torchrun.
 
-    python -m srum_jobs.stages.launch --nproc-per-node P [--nnodes N ...] -- --experiment FILE --round R
+    python -m srum_jobs.stages.launch --nproc-per-node P [--nnodes N ...] -- stage train --experiment FILE --round R
 
-(torchrun over `-m srum_jobs.stages.train`, passing a worker's exit code through; see stages/launch.py.)
+(torchrun over `srum stage train`, passing a worker's exit code through; see stages/launch.py.)
 
 CPU: gloo, gradients averaged across processes by hooks. GPU: NCCL (FSDP for large adapters is the
 adapter's business through `model.trainable_parameters()`). Rank 0 owns storage writes. Data order is a
@@ -17,7 +17,7 @@ import io
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -244,28 +244,3 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return summary
-
-
-def load_metrics(ctx: StageContext) -> List[Dict[str, float]]:
-    """Compatibility name for the toy-world branch's tests (issue 13): the reader is the layout's,
-    `ctx.layout.metrics`. Drop once nothing imports it from here."""
-    return ctx.layout.metrics()
-
-def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point of each torchrun worker (`-m srum_jobs.stages.train`): the same path as `srum stage train`."""
-    import argparse
-
-    from .. import entry
-
-    entry.bind_to_parent()
-    ap = argparse.ArgumentParser(prog="srum_jobs.stages.train")
-    ap.add_argument("--experiment", required=True)
-    ap.add_argument("--round", type=int, default=1)
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    with entry.guarded():
-        entry.run_stage("train", args.experiment, args.round, progress=not args.no_progress)
-
-
-if __name__ == "__main__":
-    main()

@@ -47,12 +47,3 @@ activation checkpointing, FSDP; the `training_params` hook), training.py (traini
 inference.py (KV-cache contexts, sampler, understanding), judge.py (the judge backend), testing.py (random
 test models).
 """
-
-from .attention import torch_varlen_attention
-from .judge import BagelJudgeBackend
-from .model import BagelModel, load_bagel_model
-from .parallel import training_params
-from .testing import BAGEL_SPECIAL_TOKENS, save_random_bagel
-
-__all__ = ["BagelJudgeBackend", "BagelModel", "load_bagel_model", "training_params", "torch_varlen_attention",
-           "BAGEL_SPECIAL_TOKENS", "save_random_bagel"]

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...storage import png_bytes
+from ..storage import png_bytes
 from . import world
 
 Log = Callable[[str], None]
@@ -119,7 +119,7 @@ def method_configs(method: str, cfg: RoundConfig):
                         signed map (dense praise) instead of its own map
       srum_lambda_<x>   the default recipe with lambda_c = x (the paper's Fig. 3 sweep)
     """
-    from ...config import RewardConfig
+    from ..config import RewardConfig
 
     common = dict(max_regions=cfg.max_regions)
     paper = dict(common, mode="reference", weighting="paper", reference="sample", lambda_c=0.5)
@@ -206,9 +206,9 @@ class Bench:
 
     def __init__(self, preset: str, round_cfg: RoundConfig, *, eval_split: str = "eval", log: Optional[Log] = None,
                  checkpoint: Optional[str] = None, cache_dir: Optional[Path] = None):
-        from ...judging.inprocess import InProcessTransport
+        from ..judging.inprocess import InProcessTransport
         from .components import ComponentsBoxer
-        from .judge import ToyJudgeBackend
+        from .judge_backend import ToyJudgeBackend
         from .model import ToyModel, load_toy_model
 
         self.preset, self.cfg, self.log = preset, round_cfg, log or (lambda m: None)
@@ -237,12 +237,12 @@ class Bench:
         return _T()
 
     def judge_config(self):
-        from ...config import JudgeConfig
+        from ..config import JudgeConfig
 
         return JudgeConfig(verify_boxes=self.cfg.verify_boxes, max_in_flight=256)
 
     def training_config(self, method: str, seed: int, steps: int):
-        from ...config import TrainingConfig
+        from ..config import TrainingConfig
 
         c = self.cfg
         _, overrides = method_configs(method, c)
@@ -281,7 +281,7 @@ class Bench:
     def agreement(self, images: Sequence[Any], prompts: Sequence[str], oks: Sequence[bool]) -> List[bool]:
         """Does the judge's global judgment (through the judging pipeline) say good exactly when the
         evaluator does? Unparsed judgments count as disagreement."""
-        from ...judging.pipeline import judge_global
+        from ..judging.pipeline import judge_global
 
         judge_cfg = self.judge_config()
 
@@ -307,9 +307,9 @@ class Bench:
         """K candidates per training prompt from the base weights, judged: (images uint8 (N, 32, 32, 3),
         records). Judged with reward.score_unverified, so every method's own config can leave rejected
         boxes out (rewards.reward_map_from_record) or score them."""
-        from ...config import RewardConfig
-        from ...judging.pipeline import CandidateItem, judge_many
-        from ...records import RewardRecord, dump_records, read_records
+        from ..config import RewardConfig
+        from ..judging.pipeline import CandidateItem, judge_many
+        from ..records import RewardRecord, dump_records, read_records
 
         cache = self._cache_path(seed)
         if cache is not None and (cache / "records.jsonl").is_file():
@@ -339,7 +339,7 @@ class Bench:
     def ground_truth(self, seed: int):
         """Ground-truth renders in place of the candidates (one per candidate slot), as records with a
         perfect global score and the plan each render follows: the `gt` reference row's data."""
-        from ...records import GlobalJudgment, RewardRecord
+        from ..records import GlobalJudgment, RewardRecord
         from .plan import plan_from_placements
 
         images, records = [], []
@@ -361,9 +361,9 @@ class Bench:
         import torch
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        from ...rewards import reward_map_from_record, training_filter
-        from ..base import pixels_from_images
-        from ...training.optim import build_optimizer, build_scheduler, needs_reference_model, train_step
+        from ..rewards import reward_map_from_record, training_filter
+        from ..models.base import pixels_from_images
+        from ..training.optim import build_optimizer, build_scheduler, needs_reference_model, train_step
 
         self.model.load_state_dict(self.base_state)
         rc, _ = method_configs(method, self.cfg)
@@ -484,8 +484,8 @@ def summarise(evals: Dict[str, List[Evaluation]], *, resamples: int = 10000) -> 
     the paired bootstrap 95% interval of (row - base) in accuracy points over eval prompts (overall and
     per category, evaluation.stats.paired_bootstrap; think rows also against base_think) and the mean
     diagnostics."""
-    from ...evaluation.protocol import size_weighted
-    from ...evaluation.stats import paired_bootstrap
+    from ..evaluation.protocol import size_weighted
+    from ..evaluation.stats import paired_bootstrap
 
     def prompt_scores(runs: List[Evaluation]) -> Dict[int, Tuple[str, float]]:
         acc: Dict[int, List[bool]] = defaultdict(list)

@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ...judging.protocols import JudgeParams
-from ..base import FlowOutput, GeneratedImage
+from ..judging.protocols import JudgeParams
+from ..models.base import FlowOutput, GeneratedImage
 from . import world
 
 _KNOWN_PARAMS = ("preset", "threads", "batch_size", "planner")

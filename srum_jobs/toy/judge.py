@@ -1,4 +1,4 @@
-"""The toy model's understanding side, and `ToyJudgeBackend` (JudgeBackend of judging/protocols.py).
+"""The toy model's understanding side (`ToyUnderstanding`; served as a judge by judge_backend.py).
 
 It reads a judge instruction the way a VLM would be asked to, by the instruction contract: the
 `Prompt:` line, the `Region <i>: box [x0, y0, x1, y1]` lines, and which answer the instruction asks for
@@ -30,12 +30,11 @@ import re
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...judging.protocols import JudgeParams, JudgeReply
+from ..judging.protocols import JudgeParams, JudgeReply
 from . import world
 from .components import component_stats, label_classes
 
@@ -425,48 +424,3 @@ class ToyUnderstanding:
             think = _think(seen, spec) if params.think else ""
             replies.append(JudgeReply(text=_truncate(text, params.max_new_tokens), think_text=think))
         return replies
-
-
-# ------------------------------------------------------------------------------------------ backend
-
-_KNOWN_PARAMS = ("preset", "checkpoint", "threads")
-
-
-class ToyJudgeBackend:
-    """JudgeBackend serving the toy model's understanding side. Params (strings, as Triton passes them):
-      preset      base checkpoint preset, `test` or `demo` (default demo), built by ensure_base if missing;
-      checkpoint  a toy checkpoint directory instead of the preset's;
-      threads     torch CPU threads for this backend (default: leave torch's setting).
-    Deterministic: temperature is accepted and ignored; max_new_tokens truncates the answer; think mode
-    returns what the judge saw as think text."""
-
-    name = "toy"
-
-    def __init__(self, params: Optional[Mapping[str, Any]] = None):
-        import torch
-
-        from .pretrain import PRESETS, ensure_base, load_perception
-
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(_KNOWN_PARAMS))
-        if unknown:
-            raise ValueError(f"toy judge: unknown parameter(s) {unknown}; known: {', '.join(_KNOWN_PARAMS)}")
-        if params.get("threads"):
-            try:
-                torch.set_num_threads(max(1, int(params["threads"])))
-            except ValueError:
-                raise ValueError(f"toy judge: threads={params['threads']!r} is not an integer") from None
-        if params.get("checkpoint"):
-            d = Path(str(params["checkpoint"]).removeprefix("file://"))
-            if not (d / "perception.pt").is_file():
-                raise ValueError(f"toy judge: checkpoint {d} has no perception.pt")
-        else:
-            preset = str(params.get("preset") or "demo")
-            if preset not in PRESETS:
-                raise ValueError(f"toy judge: preset={preset!r} is not one of {sorted(PRESETS)}")
-            d = ensure_base(preset)
-        self.checkpoint = d
-        self.understanding = ToyUnderstanding(load_perception(d))
-
-    def generate(self, images: Sequence[Any], instructions: Sequence[str], params: JudgeParams) -> List[JudgeReply]:
-        return self.understanding.answer(images, instructions, params)

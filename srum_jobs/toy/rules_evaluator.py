@@ -22,7 +22,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ...judging.protocols import JudgeParams, JudgeReply
+from ..judging.protocols import JudgeParams, JudgeReply
 from . import world
 from .evaluator import find_objects, judge_found, shape_fits
 

@@ -69,7 +69,7 @@ def _lambdas(ctx, param, value):
 @click.option("--methods", default=None, metavar="LIST",
               help="run only these methods (comma-separated, e.g. sft,srum; base always runs)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a setting of the preset's round (models/toy/bench.py RoundConfig), e.g. --set lr=3e-4")
+              help="override a setting of the preset's round (toy/bench.py RoundConfig), e.g. --set lr=3e-4")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="keep each seed's judged candidates here and reuse them when the candidate settings match")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,

@@ -340,7 +340,7 @@ def toy_prompts(split: str) -> list:
     """The prompt set of a split as `records.Prompt` (what `toy://train|val|eval` resolves to), with the
     categories interleaved round-robin, so that the first N prompts (`prompts.limit`) and every shard
     (index % num_shards) cover all categories rather than the first one alone."""
-    from ...records import Prompt
+    from ..records import Prompt
 
     by_cat: Dict[str, List[ToyPrompt]] = {}
     for p in prompt_set(split):

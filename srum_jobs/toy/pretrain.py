@@ -72,7 +72,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     },
 }
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toy"
 
 
 class PretrainError(RuntimeError):
@@ -323,7 +323,7 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from ...training.loss import sample_timesteps
+    from ..training.loss import sample_timesteps
     from .plan import layouts
 
     torch.manual_seed(seed)
@@ -374,8 +374,8 @@ def perception_check(net, n: int = 200, seed: int = 12345) -> Dict[str, float]:
     """How well the trained understanding side reads fresh ground-truth renders of validation prompts:
     the share of global judgments that are positive for the image's own prompt and negative for another
     validation prompt (through the judge's full text path: instruction in, parsed score out)."""
-    from ...judging.parse import parse_global
-    from ...judging.templates import load_templates
+    from ..judging.parse import parse_global
+    from ..judging.templates import load_templates
     from .judge import ToyUnderstanding
 
     und = ToyUnderstanding(net)

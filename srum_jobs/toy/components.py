@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from ...judging.protocols import BoxOptions, BoxProposal
+from ..judging.protocols import BoxOptions, BoxProposal
 
 
 def label_runs(fg: np.ndarray, hjoin: np.ndarray, vjoin: np.ndarray) -> Tuple[np.ndarray, int]:
