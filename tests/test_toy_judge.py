@@ -226,14 +226,15 @@ def test_artefact_boxes_are_scored_not_dropped_with_score_unverified(toy_judge):
 
 
 # ------------------------------------------------------------------------------- learned perception
-def test_shipped_demo_judge_reads_fresh_renders(monkeypatch):
+@pytest.mark.parametrize("preset", ["demo", "demo-noisy"])
+def test_shipped_demo_judge_reads_fresh_renders(monkeypatch, preset):
     """The demo judge (when its checkpoint ships with the package) agrees with the ground truth of fresh
     renders: every global judgment positive on correct images, negative on images of another prompt."""
     from srum_jobs.toy.pretrain import shipped_dir
 
-    d = shipped_dir("demo")
+    d = shipped_dir(preset)
     if d is None:
-        pytest.skip("no demo checkpoint ships with this tree (srum toy pretrain --preset demo builds one)")
+        pytest.skip(f"no {preset} checkpoint ships with this tree (srum toy pretrain --preset {preset} builds one)")
     judge = ToyJudgeBackend({"checkpoint": str(d)})
     tpl = load_templates()
     rng = np.random.default_rng(77)

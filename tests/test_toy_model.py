@@ -159,26 +159,27 @@ def test_shipped_checkpoint_is_used_only_when_its_recipe_matches(monkeypatch, tm
 
 
 @pytest.mark.timeout(3600)   # the opt-in rebuild pretrains for about 16 minutes, past the suite's default
-def test_shipped_demo_checkpoint_rebuilds_from_its_seed():
+@pytest.mark.parametrize("preset", ["demo", "demo-noisy"])
+def test_shipped_demo_checkpoint_rebuilds_from_its_seed(preset):
     """A shipped demo base must be what `srum toy pretrain --preset demo` rebuilds: same recipe hash, and
     (opt-in, 20 minutes: SRUM_TEST_REBUILD_DEMO=1) the rebuilt model's benchmark accuracy within tolerance
     of the shipped one's."""
     import os
 
-    shipped = pt.shipped_dir("demo")
-    if (pt.ASSETS / "demo").exists():
-        assert shipped is not None, "srum_jobs/assets/toy/demo does not match the current demo recipe: rebuild it"
+    shipped = pt.shipped_dir(preset)
+    if (pt.ASSETS / preset).exists():
+        assert shipped is not None, f"srum_jobs/assets/toy/{preset} does not match the current {preset} recipe: rebuild it"
     if shipped is None:
-        pytest.skip("no demo checkpoint ships with this tree")
+        pytest.skip(f"no {preset} checkpoint ships with this tree")
     meta = pt.read_meta(shipped)
-    assert meta["config"] == pt.preset_config("demo") and "benchmark" in meta
+    assert meta["config"] == pt.preset_config(preset) and "benchmark" in meta
     size = sum(f.stat().st_size for f in shipped.iterdir())
     assert size < 10 * 2 ** 20
     if os.environ.get("SRUM_TEST_REBUILD_DEMO") != "1":
         return
     from srum_jobs.toy.bench import measure_base
 
-    rebuilt = pt.ensure_base("demo", rebuild=True)
+    rebuilt = pt.ensure_base(preset, rebuild=True)
     got = measure_base(rebuilt)
     assert abs(got["accuracy"] - meta["benchmark"]["accuracy"]) <= 0.05, (got, meta["benchmark"])
     assert abs(got["think"]["overall"] - meta["benchmark"]["think"]["overall"]) <= 0.05, (got, meta["benchmark"])
