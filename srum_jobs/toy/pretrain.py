@@ -489,21 +489,18 @@ def read_meta(d: Path) -> Dict[str, Any]:
         raise PretrainError(f"{d} is not a toy checkpoint directory (no meta.json)") from None
 
 
-def load_perception(d: Path):
+def _load(d: Path, part: str, build: Callable[[Dict[str, Any]], Any]):
     import torch
 
-    meta = read_meta(d)
-    net = build_perception(meta["config"]["perception"])
-    state = torch.load(Path(d) / "perception.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net = build(read_meta(d)["config"][part])
+    state = torch.load(Path(d) / f"{part}.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() for k, v in state.items()})      # shipped weights are float16
     return net.eval()
+
+
+def load_perception(d: Path):
+    return _load(d, "perception", build_perception)
 
 
 def load_generator(d: Path):
-    import torch
-
-    meta = read_meta(d)
-    net = build_generator(meta["config"]["generator"])
-    state = torch.load(Path(d) / "generator.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() for k, v in state.items()})
-    return net.eval()
+    return _load(d, "generator", build_generator)
