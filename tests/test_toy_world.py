@@ -295,3 +295,10 @@ def test_caption_noise_renders_other_scenes_under_the_same_captions_and_plans_fo
     counts = [int(plan.split("asks for ")[1].split(" ")[0]) for plan in plans]
     asked = [len(w.parse_prompt(t).objects) for t in prompts]
     assert any(c != a for c, a in zip(counts, asked))  # some images hold another number of objects
+
+
+def test_toy_cli_presets_are_the_pretraining_and_bench_presets():
+    # the CLI keeps its own list so `srum --help` stays free of numpy/torch; it must not drift
+    from srum_jobs.toy import bench, commands, pretrain
+
+    assert list(commands.PRESET_CHOICES.choices) == list(pretrain.PRESETS) == list(bench.ROUNDS)
