@@ -568,8 +568,10 @@ def test_sequential_requests_never_stall_in_the_batcher(triton_server):
 
     latencies, queued, queue_ns = _run(go())
     assert queued == len(inputs) - 1
-    # the old configuration queued 3-5 s in total over these 149 requests; without stalls it is milliseconds
-    assert queue_ns / 1e6 < 400, f"requests waited {queue_ns / 1e6:.0f} ms in Triton's queue in total"
+    # The old configuration queued 3-13 s in total over these 149 requests. The new one queues milliseconds,
+    # plus a rare residual 500 ms wait (README "Judge server": two instances make a free slot at enqueue time
+    # likely, not certain; a CI run saw one such wait, 534 ms in total). Two of them at most, as for latency.
+    assert queue_ns / 1e6 < 1_200, f"requests waited {queue_ns / 1e6:.0f} ms in Triton's queue in total"
     slow = sorted(round(1e3 * v) for v in latencies if v > 0.4)
     assert len(slow) <= 2, f"{len(slow)} of {len(latencies)} sequential judgments took > 400 ms: {slow} ms"
 
