@@ -464,10 +464,10 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def _yaml_loader():
-    """The one YAML loader of experiment files. PyYAML follows YAML 1.1, where `2e-5` (no dot) is a string;
-    users mean a number (YAML 1.2 agrees). A key written twice in one mapping is refused: YAML would keep
-    the last one silently."""
+def yaml_loader():
+    """The one YAML loader of srum's input files (experiment files, `srum plan --costs` files). PyYAML
+    follows YAML 1.1, where `2e-5` (no dot) is a string; users mean a number (YAML 1.2 agrees). A key
+    written twice in one mapping is refused: YAML would keep the last one silently."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -549,7 +549,7 @@ def parse_experiment_text(text: str, source: str, *, as_json: bool) -> Any:
     try:
         if as_json:
             return json.loads(text, object_pairs_hook=_json_pairs)
-        return yaml.load(text, Loader=_yaml_loader())
+        return yaml.load(text, Loader=yaml_loader())
     except yaml.YAMLError as e:
         raise ConfigError(f"experiment file {source} is not valid YAML: {_yaml_problem(e)}") from None
     except json.JSONDecodeError as e:
@@ -580,7 +580,7 @@ def dump_experiment(exp: Experiment) -> str:
     class Dumper(yaml.SafeDumper):
         pass
 
-    Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in _yaml_loader().yaml_implicit_resolvers.items()}
+    Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml_loader().yaml_implicit_resolvers.items()}
     return yaml.dump(exp.model_dump(mode="json"), Dumper=Dumper, sort_keys=False)
 
 

@@ -159,6 +159,7 @@ def test_one_gpu_time_shares_generation_and_judging(exp):
     ("- 1\n- 2\n", "c.yaml", "the top level must be a mapping"),
     ("measured: {generate_s_per_image: [1\n", "c.yaml", "is not valid YAML"),
     ("measured:\n  pod_startup_s: 2001-13-45\n", "c.yaml", "is not valid YAML"),
+    ("measured:\n  judge_s_per_call: 1\n  judge_s_per_call: 2\n", "c.yaml", "judge_s_per_call"),   # repeated key
     ('{"measured": {"generate_s_per_image": }}', "c.json", "is not valid JSON"),
     ('{"workload": {"prompts": ' + "1" * 5000 + "}}", "c.json", "is not valid JSON"),
 ])
@@ -194,6 +195,13 @@ def test_any_costs_document_is_accepted_or_rejected_with_plan_error(data):
     plan = make_plan(_EXP, 16, costs)            # whatever validates, plans: finite, positive times
     assert all(math.isfinite(s["wall_s"]) and s["wall_s"] > 0 for s in plan["stages"])
     json.dumps(plan, allow_nan=False)
+
+
+def test_costs_file_reads_numbers_as_the_experiment_file_does(tmp_path):
+    # YAML 1.1 reads `2e-4` (no dot) as a string; the experiment file's loader reads a number, and so must this
+    f = tmp_path / "costs.yaml"
+    f.write_text("measured:\n  judge_s_per_call: 2e-4\noverheads:\n  rewards_s_per_record: 1E-3\n")
+    assert load_costs(str(f)) == {"measured": {"judge_s_per_call": 2e-4}, "overheads": {"rewards_s_per_record": 1e-3}}
 
 
 def test_costs_file_missing_or_not_utf8(tmp_path):

@@ -33,7 +33,10 @@ def load_costs(path: str) -> Dict[str, Dict[str, Any]]:
     else:
         import yaml
 
-        kind, parse, errors = "YAML", yaml.safe_load, (yaml.YAMLError, ValueError, RecursionError)
+        from ..config import yaml_loader   # the experiment file's loader: `2e-4` is a number, a repeated key an error
+
+        kind, errors = "YAML", (yaml.YAMLError, ValueError, RecursionError)
+        parse = lambda text: yaml.load(text, Loader=yaml_loader())  # noqa: E731
     try:
         data = parse(text)
     except errors as e:
