@@ -75,6 +75,16 @@ def _record(g, regions=()):
                         global_judgment=GlobalJudgment(score=g, parsed=True), think_text="Plan: red circle at top left")
 
 
+def test_sweep_and_ablation_rows_add_to_an_explicit_method_list():
+    cfg = B.ROUNDS["demo"]
+    rows = B.bench_methods(cfg, ["srum", "sft"], ablations=True, lambda_sweep=(0.0, 1.0))
+    assert rows == ["base", "srum", "sft", *B.ABLATIONS, "srum_lambda_0", "srum_lambda_1"]
+    assert B.bench_methods(cfg, lambda_sweep=(2.0,))[-1] == "srum_lambda_2"
+    assert B.bench_methods(cfg, ["srum", "base", "srum"]) == ["base", "srum"]
+    with pytest.raises(ValueError, match="srum_nope"):
+        B.bench_methods(cfg, ["srum_nope"])
+
+
 def test_methods_get_the_papers_baselines_and_the_recipe():
     from srum_jobs.rewards import reward_map_from_record, training_filter
 

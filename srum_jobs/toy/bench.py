@@ -604,12 +604,26 @@ def round_config(preset: str, overrides: Optional[Dict[str, str]] = None) -> Rou
     return replace(cfg, **out)
 
 
+def bench_methods(cfg: RoundConfig, methods: Optional[Sequence[str]] = None, *, ablations: bool = False,
+                  extra: bool = False, lambda_sweep: Sequence[float] = ()) -> List[str]:
+    """The rows a bench runs, base first. `methods` replaces the default list; the ablation, anchor and
+    lambda_c rows are added to either (asking for a sweep and getting none would drop a request silently).
+    An unknown name fails here, before any work."""
+    rows = list(BASE_METHODS) if methods is None else list(methods)
+    rows += (list(ABLATIONS) if ablations else []) + (list(EXTRA_METHODS) if extra else [])
+    rows += [f"srum_lambda_{lam:g}" for lam in lambda_sweep]
+    for m in rows:
+        if m != "base":
+            method_configs(m, cfg)
+    return ["base"] + list(dict.fromkeys(m for m in rows if m != "base"))
+
+
 def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, log: Optional[Log] = None,
               round_cfg: Optional[RoundConfig] = None, eval_split: str = "eval", lambda_sweep: Sequence[float] = (),
               extra: bool = False, methods: Optional[Sequence[str]] = None, details: Optional[Dict[str, Any]] = None,
               cache_dir: Optional[Path] = None, workers: int = 1) -> Dict[str, Any]:
     """The bench result, shaped exactly as `srum bench toy --json` writes it. `methods` replaces the
-    default list (base and base_think always run); `details` (if given) receives the phase times, record
+    default list (base and base_think always run; `ablations`, `extra` and `lambda_sweep` add to it); `details` (if given) receives the phase times, record
     counts, per-seed results and the round's settings. `cache_dir` keeps each seed's judged candidates,
     so settings that do not change them (training, reward) reuse them. `workers` > 1 runs the seeds in
     that many processes of one torch thread each (on a busy machine two single-threaded processes get
@@ -622,14 +636,7 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     cfg = round_cfg or ROUNDS[preset]
-    if methods is None:
-        methods = list(BASE_METHODS) + (list(ABLATIONS) if ablations else []) + (list(EXTRA_METHODS) if extra else [])
-        methods += [f"srum_lambda_{lam:g}" for lam in lambda_sweep]
-    else:
-        for m in methods:
-            if m != "base":
-                method_configs(m, cfg)          # an unknown name fails here, before any work
-        methods = ["base"] + [m for m in methods if m != "base"]
+    methods = bench_methods(cfg, methods, ablations=ablations, extra=extra, lambda_sweep=lambda_sweep)
     t0 = time.perf_counter()
     if workers > 1 and seeds > 1:
         res, phases = _run_parallel(preset, cfg, eval_split, methods, seeds, workers, cache_dir, log)

@@ -68,7 +68,8 @@ def _lambdas(ctx, param, value):
 @click.option("--split", type=click.Choice(["eval", "val"]), default="eval", show_default=True,
               help="prompts evaluated: eval (the reported benchmark) or val (choosing settings)")
 @click.option("--methods", default=None, metavar="LIST",
-              help="run only these methods (comma-separated, e.g. sft,srum; base always runs)")
+              help="run only these methods (comma-separated, e.g. sft,srum; base always runs; --ablations, "
+                   "--anchor-row and --lambda-c add their rows to them)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a setting of the preset's round (toy/bench.py RoundConfig), e.g. --set lr=3e-4")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
