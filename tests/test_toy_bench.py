@@ -75,6 +75,40 @@ def _record(g, regions=()):
                         global_judgment=GlobalJudgment(score=g, parsed=True), think_text="Plan: red circle at top left")
 
 
+def test_seeds_in_worker_processes_match_one_process_and_die_with_the_bench(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from srum_jobs.local.process_groups import group_members
+
+    cfg = B.RoundConfig(**{**B.asdict(B.ROUNDS["test"]), "diagnostics": False})
+    one = B.run_bench("test", seeds=2, round_cfg=cfg, methods=["srum"])
+    two = B.run_bench("test", seeds=2, round_cfg=cfg, methods=["srum"], workers=2)
+    for m in one["methods"]:
+        assert two["methods"][m]["overall"] == pytest.approx(one["methods"][m]["overall"], abs=1e-9), m
+    # a bench killed outright (SIGKILL: no handler runs) must not leave its seeds running
+    proc = subprocess.Popen([sys.executable, "-m", "srum_jobs.cli", "bench", "toy", "--preset", "test", "--seeds", "2",
+                             "--workers", "2", "--set", "epochs=400"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while len(group_members(proc.pid)) < 3 and time.monotonic() < deadline:   # the bench and its 2 workers
+            time.sleep(0.2)
+        assert len(group_members(proc.pid)) >= 3, "the bench never started its workers"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert group_members(proc.pid) == [], "bench workers outlived the bench"
+    finally:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_sweep_and_ablation_rows_add_to_an_explicit_method_list():
     cfg = B.ROUNDS["demo"]
     rows = B.bench_methods(cfg, ["srum", "sft"], ablations=True, lambda_sweep=(0.0, 1.0))

@@ -545,11 +545,16 @@ def _run_parallel(preset: str, cfg: RoundConfig, eval_split: str, methods: Seque
                   cache_dir: Optional[Path], log: Optional[Log]):
     """run_methods over `seeds` seeds in `workers` processes; merged in seed order (phases summed)."""
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor
+
+    from ..entry import die_with_parent
 
     groups = [list(range(seeds))[i::workers] for i in range(min(workers, seeds))]
     (log or (lambda m: None))(f"running seeds {groups} in {len(groups)} processes")
-    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+    # workers die with the bench: a stopped bench must not leave its seeds running (they hold the CPU)
+    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         outs = list(pool.map(_seed_worker, [(preset, cfg, eval_split, list(methods), g, cache_dir) for g in groups]))
     by_seed: Dict[int, Tuple[int, int]] = {s: (gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g)}
     merged: Dict[str, Any] = {"evals": defaultdict(list), "agreement": [], "kept": defaultdict(list),
