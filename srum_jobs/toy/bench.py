@@ -627,9 +627,9 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
               round_cfg: Optional[RoundConfig] = None, eval_split: str = "eval", lambda_sweep: Sequence[float] = (),
               extra: bool = False, methods: Optional[Sequence[str]] = None, details: Optional[Dict[str, Any]] = None,
               cache_dir: Optional[Path] = None, workers: int = 1) -> Dict[str, Any]:
-    """The bench result, shaped exactly as `srum bench toy --json` writes it. `methods` replaces the
-    default list (base and base_think always run; `ablations`, `extra` and `lambda_sweep` add to it); `details` (if given) receives the phase times, record
-    counts, per-seed results and the round's settings. `cache_dir` keeps each seed's judged candidates,
+    """The bench result, shaped exactly as `srum bench toy --json` writes it. The rows: `bench_methods`
+    (base and base_think always run). `details` (if given) receives the phase times, record counts,
+    per-seed results and the round's settings. `cache_dir` keeps each seed's judged candidates,
     so settings that do not change them (training, reward) reuse them. `workers` > 1 runs the seeds in
     that many processes of one torch thread each (on a busy machine two single-threaded processes get
     far more done than one with two threads, whose threads wait for each other); results are identical
