@@ -325,7 +325,9 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2])
     gen = torch.Generator().manual_seed(seed)
-    net = build_generator(cfg)
+    # channels-last: oneDNN's convolutions (forward and backward, 2/3 of a step) run faster on CPU in NHWC
+    # (benchmarks/bench_pretrain_step.py); the arithmetic is the same, only summation order differs
+    net = build_generator(cfg).to(memory_format=torch.channels_last)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema"])))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     steps, warm = int(cfg["steps"]), int(cfg["warmup"])
@@ -353,7 +355,8 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
         t = sample_timesteps(x0.shape[0], 1.0, gen)
         eps = torch.randn(x0.shape, generator=gen)
         tt = t[:, None, None, None]
-        v = net((1 - tt) * x0 + tt * eps, t, net.encode_text(prompts, x0.device), layout)
+        xt = ((1 - tt) * x0 + tt * eps).contiguous(memory_format=torch.channels_last)
+        v = net(xt, t, net.encode_text(prompts, x0.device), layout)
         loss = (v - (eps - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
