@@ -24,29 +24,18 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from srum_jobs.toy import pretrain as P
-from srum_jobs.toy.plan import layouts
-from srum_jobs.training.loss import sample_timesteps
 
 
 def make_batches(cfg: dict, n: int, seed: int) -> list:
     """Pretraining batches drawn exactly as train_generator draws them (prompt and plan dropout included)."""
     rng = np.random.default_rng([seed, 2])
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        x0, prompts, plans = P.generator_batch(rng, int(cfg["batch"]))
-        drop = rng.random(len(prompts)) < cfg["p_uncond"]
-        keep_plan = ~drop & (rng.random(len(prompts)) >= float(cfg["p_plan_drop"]))
-        prompts = ["" if d else p for p, d in zip(prompts, drop)]
-        layout = layouts([p if k else None for p, k in zip(plans, keep_plan)])
-        t = sample_timesteps(x0.shape[0], 1.0, gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        out.append((x0, prompts, layout, t, eps))
-    return out
+    return [P.generator_step_inputs(cfg, rng, gen) for _ in range(n)]
 
 
 def train_steps(base, batches, cfg: dict, channels_last: bool) -> tuple:
-    """Trains a copy of `base` on `batches`; returns (step times in s, first loss)."""
+    """Trains a copy of `base` on `batches` with pretraining's own step (plus its EMA update); returns
+    (step times in s, first loss)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = copy.deepcopy(base).to(memory_format=fmt)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema"])))
@@ -54,14 +43,7 @@ def train_steps(base, batches, cfg: dict, channels_last: bool) -> tuple:
     times, first = [], None
     for x0, prompts, layout, t, eps in batches:
         t0 = time.perf_counter()
-        tt = t[:, None, None, None]
-        xt = ((1 - tt) * x0 + tt * eps).contiguous(memory_format=fmt)
-        v = net(xt, t, net.encode_text(prompts, x0.device), layout)
-        loss = (v - (eps - x0)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        loss = P.flow_matching_step(net, opt, x0, prompts, layout, t, eps, memory_format=fmt)
         ema.update_parameters(net)
         times.append(time.perf_counter() - t0)
         if first is None:

@@ -314,20 +314,54 @@ def train_perception(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     return net.eval()
 
 
+def generator_step_inputs(cfg: Dict[str, Any], rng: np.random.Generator, gen):
+    """One pretraining step's inputs (x0, prompts, layout, t, eps): ground-truth renders, the prompt dropped
+    for a share p_uncond (CFG: the null prompt, and no plan), the plan kept for the rest but a share
+    p_plan_drop (plain mode); flow times and noise from the torch generator `gen`."""
+    import torch
+
+    from ..training.loss import sample_timesteps
+    from .plan import layouts
+
+    think = bool(cfg.get("plan_channels", 0))
+    x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), category_weights=cfg.get("category_weights"),
+                                        caption_noise=float(cfg.get("caption_noise", 0.0)))
+    drop = rng.random(len(prompts)) < cfg["p_uncond"]
+    keep_plan = think & ~drop & (rng.random(len(prompts)) >= float(cfg.get("p_plan_drop", 1.0)))
+    prompts = ["" if d else p for p, d in zip(prompts, drop)]
+    layout = layouts([p if k else None for p, k in zip(plans, keep_plan)]) if think else None
+    t = sample_timesteps(x0.shape[0], 1.0, gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    return x0, prompts, layout, t, eps
+
+
+def flow_matching_step(net, opt, x0, prompts, layout, t, eps, memory_format=None):
+    """One optimiser step of rectified flow (velocity eps - x0 at x_t = (1-t) x0 + t eps, clip 1.0); returns
+    the loss. x_t is laid out in `memory_format` (default channels-last: oneDNN's convolutions, forward and
+    backward 2/3 of a step, run faster on CPU in NHWC, benchmarks/bench_pretrain_step.py); the arithmetic is
+    the same in any format, only the summation order differs."""
+    import torch
+
+    tt = t[:, None, None, None]
+    xt = ((1 - tt) * x0 + tt * eps).contiguous(memory_format=memory_format or torch.channels_last)
+    v = net(xt, t, net.encode_text(prompts, x0.device), layout)
+    loss = (v - (eps - x0)).pow(2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
 def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     """Rectified flow on ground-truth renders of the training compositions; returns the EMA network."""
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from ..training.loss import sample_timesteps
-    from .plan import layouts
-
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2])
     gen = torch.Generator().manual_seed(seed)
-    # channels-last: oneDNN's convolutions (forward and backward, 2/3 of a step) run faster on CPU in NHWC
-    # (benchmarks/bench_pretrain_step.py); the arithmetic is the same, only summation order differs
-    net = build_generator(cfg).to(memory_format=torch.channels_last)
+    net = build_generator(cfg).to(memory_format=torch.channels_last)       # see flow_matching_step
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema"])))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     steps, warm = int(cfg["steps"]), int(cfg["warmup"])
@@ -344,24 +378,9 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     t0 = time.perf_counter()
-    think = bool(cfg.get("plan_channels", 0))
     for step in range(steps):
-        x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), category_weights=cfg.get("category_weights"),
-                                            caption_noise=float(cfg.get("caption_noise", 0.0)))
-        drop = rng.random(len(prompts)) < cfg["p_uncond"]             # CFG: learn the null prompt (and no plan)
-        keep_plan = think & ~drop & (rng.random(len(prompts)) >= float(cfg.get("p_plan_drop", 1.0)))
-        prompts = ["" if d else p for p, d in zip(prompts, drop)]
-        layout = layouts([p if k else None for p, k in zip(plans, keep_plan)]) if think else None
-        t = sample_timesteps(x0.shape[0], 1.0, gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        tt = t[:, None, None, None]
-        xt = ((1 - tt) * x0 + tt * eps).contiguous(memory_format=torch.channels_last)
-        v = net(xt, t, net.encode_text(prompts, x0.device), layout)
-        loss = (v - (eps - x0)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        x0, prompts, layout, t, eps = generator_step_inputs(cfg, rng, gen)
+        loss = flow_matching_step(net, opt, x0, prompts, layout, t, eps)
         sched.step()
         ema.update_parameters(net)
         if (step + 1) % max(1, steps // 20) == 0:
