@@ -381,6 +381,18 @@ def test_one_judgment_and_boxes_over_grpc_equal_the_backends_in_process(triton_s
     np.testing.assert_array_equal(boxes.confidence, expected_boxes.confidence)
 
 
+async def _settled_stats(transport, read, done, timeout: float = 10.0):
+    """read(statistics, JUDGE_MODEL), read again until done(value) or `timeout` s. Triton records a batch's
+    statistics after the backend's execute returns, which is after its responses were sent, so the last
+    counters can lag the replies by a moment (seen in CI: 35 of 48 requests counted)."""
+    deadline = time.monotonic() + timeout
+    value = read(await transport.statistics(JUDGE_MODEL), JUDGE_MODEL)
+    while not done(value) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        value = read(await transport.statistics(JUDGE_MODEL), JUDGE_MODEL)
+    return value
+
+
 def _batch_sizes(stats, model):
     for m in stats["model_stats"]:
         if m["name"] == model:
@@ -403,14 +415,7 @@ def test_dynamic_batching_forms_batches_under_concurrent_load(triton_server):
         async with TritonTransport(triton_server.grpc_url, max_in_flight=48) as t:
             before = _batch_sizes(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
             replies = await asyncio.gather(*[t.judge(p, i, JudgeParams(max_new_tokens=32)) for p, i in inputs])
-            # Triton records a batch's statistics after the backend's execute returns, which is after its
-            # responses were sent: the last batches' counters may lag the replies by a moment (seen in CI:
-            # 35 of 48), so read them until they settle
-            deadline = time.monotonic() + 10.0
-            after = _batch_sizes(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
-            while executed(before, after) < 48 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                after = _batch_sizes(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
+            after = await _settled_stats(t, _batch_sizes, lambda a: executed(before, a) >= 48)
         return replies, before, after
 
     replies, before, after = _run(go())
@@ -567,12 +572,7 @@ def test_sequential_requests_never_stall_in_the_batcher(triton_server):
                 t0 = time.perf_counter()
                 await t.judge(png, text, JudgeParams(max_new_tokens=16))
                 latencies.append(time.perf_counter() - t0)
-            # Triton records a request's statistics just after sending its response: wait for the last one
-            for _ in range(40):
-                after = _queue_ns(await t.statistics(JUDGE_MODEL), JUDGE_MODEL)
-                if after[0] - before[0] >= len(inputs) - 1:
-                    break
-                await asyncio.sleep(0.05)
+            after = await _settled_stats(t, _queue_ns, lambda a: a[0] - before[0] >= len(inputs) - 1)
         return latencies, after[0] - before[0], after[1] - before[1]
 
     latencies, queued, queue_ns = _run(go())
