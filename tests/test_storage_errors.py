@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -223,34 +222,27 @@ def test_a_read_only_root_is_refused_before_any_work(tmp_path, command):
     _one_line(r.stderr, "read-only file system")
 
 
-def _as_nobody() -> list:
+def _without_permission_override() -> list:
+    """A command prefix under which file permissions hold. Root bypasses them through two capabilities;
+    dropping those (and staying root) keeps the checkout readable wherever it is cloned, which running as
+    another user (nobody) does not: a clone in a private folder (mktemp -d) is unreadable to it."""
     if os.geteuid() != 0:
         return []
     if not shutil.which("setpriv"):
         pytest.skip("running as root without setpriv: permissions are not enforced for root")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-@pytest.fixture
-def shared_dir():
-    """A folder another user can reach (pytest's own tmp folders are private to their owner)."""
-    d = Path(tempfile.mkdtemp(prefix="srum-perm-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
 @pytest.mark.parametrize("command", ["validate", "stage"])
-def test_an_unwritable_root_is_refused_before_any_work(shared_dir, command):
-    prefix = _as_nobody()
-    locked = shared_dir / "locked"
+def test_an_unwritable_root_is_refused_before_any_work(tmp_path, command):
+    prefix = _without_permission_override()
+    locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    f = _exp_file(shared_dir, {"root": f"file://{locked}/runs"})
-    f.chmod(0o644)
+    f = _exp_file(tmp_path, {"root": f"file://{locked}/runs"})
     args = ["config", "validate", str(f)] if command == "validate" else ["stage", "rewards", "--experiment", str(f)]
     r = subprocess.run(prefix + [sys.executable, "-m", "srum_jobs.cli", *args], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT, env=dict(os.environ, HOME=str(shared_dir)))
+                       timeout=120, cwd=ROOT, env=dict(os.environ, HOME=str(tmp_path)))
     assert r.returncode == exitcodes.CONFIG_ERROR, r.stderr
     _one_line(r.stderr, "cannot be created", "is not writable by this user")
     assert not (locked / "runs").exists()
