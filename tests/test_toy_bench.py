@@ -226,3 +226,37 @@ def test_commands_module_imports_only_click():
             "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_later_rounds_judge_the_trained_models_own_candidates_and_continue_its_weights(tmp_path):
+    """rounds=2: round 2's candidates come from round 1's weights (new ones, judged and cached under
+    those weights), its training starts from round 1's weights, and round 1 is reported as its own row
+    equal to a one-round bench of the same seed."""
+    cfg1 = B.RoundConfig(**{**B.asdict(B.ROUNDS["test"]), "diagnostics": False})
+    cfg2 = B.replace(cfg1, rounds=2)
+    details = {}
+    one = B.run_bench("test", seeds=1, round_cfg=cfg1, methods=["srum"], cache_dir=tmp_path)
+    two = B.run_bench("test", seeds=1, round_cfg=cfg2, methods=["srum"], cache_dir=tmp_path, details=details)
+    assert list(two["methods"]) == ["base", "base_think", "srum_round1", "srum", "srum_think"]
+    assert two["methods"]["srum_round1"]["overall"] == one["methods"]["srum"]["overall"]
+    assert two["methods"]["base"]["overall"] == one["methods"]["base"]["overall"]
+    info = details["train"]["srum"][0]
+    assert info["steps"] == info["previous"]["steps"] == B.ROUNDS["test"].steps(10)
+    assert 0.0 <= info["candidates_accuracy"] <= 1.0
+    # round 1's candidates (the base's) and round 2's (round 1's weights) are cached apart
+    assert len(list(tmp_path.glob("candidates-*"))) == 2
+
+    bench = B.Bench("test", cfg2)
+    images, records = bench.candidates(0)
+    bench.finetune("srum", 0, images, records)
+    after_one = B.copy.deepcopy(bench.model.state_dict())
+    later, _ = bench.candidates(0, after_one, round_index=2)
+    assert not np.array_equal(later, images)   # the trained model's own samples, with new noise
+    bench.finetune("srum", 0, images, records, after_one, round_index=2)
+    continued = B.copy.deepcopy(bench.model.state_dict())   # state_dict() views the live weights
+    bench.finetune("srum", 0, images, records, round_index=2)
+    from_base = bench.model.state_dict()
+    assert any(not B.np.array_equal(continued[k].numpy(), from_base[k].numpy()) for k in continued)
+    assert B.state_digest(after_one) != B.state_digest(bench.base_state)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        B.run_bench("test", seeds=1, round_cfg=B.replace(cfg1, rounds=0))

@@ -87,6 +87,10 @@ class RoundConfig:
     eval_per_category: Optional[int] = None   # None: the whole split
     eval_samples: int = 4
     diagnostics: bool = True
+    # self-rewarding rounds: round r > 1 generates and judges new candidates with the weights round r - 1
+    # trained (each method from its own), then fine-tunes those weights further; earlier rounds are
+    # reported as rows `<method>_round<r>`. The reference/anchor stays the original base.
+    rounds: int = 1
 
     def steps(self, n_candidates: int) -> int:
         return max(1, int(round(self.epochs * n_candidates / self.batch)))
@@ -294,32 +298,37 @@ class Bench:
         return [bool(g.parsed and ((g.score > 0) == ok)) for g, ok in zip(outs, oks)]
 
     # ---------------------------------------------------------------------------------- the round
-    def _cache_path(self, seed: int) -> Optional[Path]:
+    def _cache_path(self, seed: int, weights: Optional[str] = None) -> Optional[Path]:
         if self.cache_dir is None:
             return None
         c = self.cfg
-        key = json.dumps({"ckpt": str(self.model.checkpoint), "prompts": [p.text for p in self.train_prompts],
+        later = {} if weights is None else {"weights": weights}   # round 1's key is unchanged
+        key = json.dumps({"ckpt": str(self.model.checkpoint), **later, "prompts": [p.text for p in self.train_prompts],
                           "k": c.candidates, "think": c.think, "planner": c.planner, "steps": c.euler_steps, "g": c.guidance,
                           "regions": c.max_regions, "verify": c.verify_boxes, "seed": seed}, sort_keys=True)
         return self.cache_dir / f"candidates-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
-    def candidates(self, seed: int):
-        """K candidates per training prompt from the base weights, judged: (images uint8 (N, 32, 32, 3),
-        records). Judged with reward.score_unverified, so every method's own config can leave rejected
-        boxes out (rewards.reward_map_from_record) or score them."""
+    def candidates(self, seed: int, start: Optional[Dict[str, Any]] = None, round_index: int = 1):
+        """K candidates per training prompt, judged: (images uint8 (N, 32, 32, 3), records), from the base
+        weights or, in a later round, from `start` (a state dict a previous round trained). Judged with
+        reward.score_unverified, so every method's own config can leave rejected boxes out
+        (rewards.reward_map_from_record) or score them."""
         from ..config import RewardConfig
         from ..judging.pipeline import CandidateItem, judge_many
         from ..records import RewardRecord, dump_records, read_records
 
-        cache = self._cache_path(seed)
+        weights = None if start is None else state_digest(start)
+        cache = self._cache_path(seed, weights)
         if cache is not None and (cache / "records.jsonl").is_file():
             images = np.load(cache / "images.npy")
             records = list(read_records((cache / "records.jsonl").read_text(), RewardRecord,
                                         source=str(cache / "records.jsonl")))
             return images, records
-        self.model.load_state_dict(self.base_state)
+        self.model.load_state_dict(self.base_state if start is None else start)
         items = [(p, k) for p in self.train_prompts for k in range(self.cfg.candidates)]
-        seeds = [_seed_of("cand", seed, p.index, k) for p, k in items]
+        # round 1 keeps the seeds it always had (cached candidates stay valid); later rounds draw new noise
+        seeds = [_seed_of("cand", seed, p.index, k) if round_index == 1 else _seed_of("cand", seed, round_index, p.index, k)
+                 for p, k in items]
         with self._timed("generate"):
             gens = self.generate([p.text for p, _ in items], seeds, think=self.cfg.think)
         cands = [CandidateItem(png_bytes(g.image), p, k, s, f"bench/{seed}/{p.index}-{k}.png", 32, 32,
@@ -355,9 +364,11 @@ class Bench:
                     think_text=plan_from_placements(placed).text() if self.cfg.think else None))
         return np.stack(images), records
 
-    def finetune(self, method: str, seed: int, images: np.ndarray, records: Sequence[Any]) -> Dict[str, Any]:
-        """Fine-tune the base generator with `method` on the records its training filter keeps; leaves the
-        result loaded. Every method takes the same number of steps (the round's epochs over all candidates)."""
+    def finetune(self, method: str, seed: int, images: np.ndarray, records: Sequence[Any],
+                 start: Optional[Dict[str, Any]] = None, round_index: int = 1) -> Dict[str, Any]:
+        """Fine-tune the base generator (or `start`, the weights of a previous round) with `method` on the
+        records its training filter keeps; leaves the result loaded. Every method takes the same number of
+        steps (the round's epochs over all candidates); each round starts a fresh optimizer and warm-up."""
         import torch
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -365,12 +376,12 @@ class Bench:
         from ..models.base import pixels_from_images
         from ..training.optim import build_optimizer, build_scheduler, needs_reference_model, train_step
 
-        self.model.load_state_dict(self.base_state)
+        self.model.load_state_dict(self.base_state if start is None else start)
         rc, _ = method_configs(method, self.cfg)
         keep = [i for i, r in enumerate(records) if training_filter(r, rc)[0]]
         tc = self.training_config(method, seed, self.cfg.steps(len(records)))
         if not keep:   # nothing passes this method's filter: it trains nothing and stays the base
-            self.log(f"seed {seed}: {method} keeps none of the {len(records)} records; its weights stay the base's")
+            self.log(f"seed {seed}: {method} keeps none of the {len(records)} records; its weights stay as they were")
             return {"records": 0, "steps": 0, "loss_first": float("nan"), "loss_last": float("nan")}
         recs = [records[i] for i in keep]
         pixels = pixels_from_images(images[keep])
@@ -384,8 +395,9 @@ class Bench:
         sched = build_scheduler(opt, tc)
         ema = (AveragedModel(self.model.generator, multi_avg_fn=get_ema_multi_avg_fn(tc.ema)) if tc.ema else None)
         # the same noise, timesteps and data order for every method of a seed that keeps the same records
-        gen = torch.Generator().manual_seed(_seed_of("train", seed))
-        order_rng = np.random.default_rng(_seed_of("order", seed))
+        later = () if round_index == 1 else (round_index,)
+        gen = torch.Generator().manual_seed(_seed_of("train", seed, *later))
+        order_rng = np.random.default_rng(_seed_of("order", seed, *later))
         n = len(recs)
         order: List[int] = []
         losses = []
@@ -404,6 +416,16 @@ class Bench:
             self.model.generator.load_state_dict(ema.module.state_dict())
         return {"records": n, "steps": tc.steps, "loss_first": float(np.mean(losses[:10])),
                 "loss_last": float(np.mean(losses[-10:]))}
+
+
+def state_digest(state: Dict[str, Any]) -> str:
+    """A short digest of a state dict's tensors (names, shapes, values): the identity of trained weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def candidate_agreement(images: Sequence[Any], records: Sequence[Any]) -> Tuple[float, float]:
@@ -461,6 +483,18 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int],
             if m in aliases:
                 continue
             out = bench.finetune(m, seed, *(bench.ground_truth(seed) if m == "gt" else (images, records)))
+            # later rounds: the method's own weights make and are judged on new candidates, then train on
+            # (`gt` has no candidates of its own: one round)
+            for r in range(2, (1 if m == "gt" else bench.cfg.rounds) + 1):
+                evals[f"{m}_round{r - 1}"].append(bench.evaluate(seed))
+                bench.log(f"seed {seed}: {m} after round {r - 1} {evals[f'{m}_round{r - 1}'][-1].scores()['overall']:.3f}")
+                start = copy.deepcopy(bench.model.state_dict())
+                r_images, r_records = bench.candidates(seed, start, round_index=r)
+                acc, agr = candidate_agreement(r_images, r_records)
+                bench.log(f"seed {seed}: {m} round {r}: {len(r_records)} candidates judged (accuracy {acc:.3f}, "
+                          f"judge agreement {agr:.3f})")
+                out = dict(bench.finetune(m, seed, r_images, r_records, start, round_index=r),
+                           previous=out, candidates_accuracy=acc, candidates_judge_agreement=agr)
             info[m].append(out)
             kept[m].append(out["records"])
             evals[m].append(bench.evaluate(seed))
@@ -475,6 +509,9 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int],
         kept[m] = kept[src]
         if m in think_methods:
             evals[f"{m}_think"] = evals[f"{src}_think"]
+        for r in range(1, bench.cfg.rounds):
+            if f"{src}_round{r}" in evals:
+                evals[f"{m}_round{r}"] = evals[f"{src}_round{r}"]
     return {"evals": dict(evals), "agreement": agree, "kept": dict(kept), "candidates": cand_stats,
             "train": dict(info), "aliases": aliases}
 
@@ -641,6 +678,8 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     cfg = round_cfg or ROUNDS[preset]
+    if cfg.rounds < 1:
+        raise ValueError(f"round setting rounds must be >= 1, got {cfg.rounds}")
     methods = bench_methods(cfg, methods, ablations=ablations, extra=extra, lambda_sweep=lambda_sweep)
     t0 = time.perf_counter()
     if workers > 1 and seeds > 1:
@@ -653,7 +692,8 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
         res = run_methods(bench, methods, list(range(seeds)))
         phases, eval_prompts, n_train = bench.phases, bench.eval_prompts, len(bench.train_prompts)
     summary = summarise(res["evals"])
-    order = [m for m in methods[:1] + ["base_think"] + methods[1:]] + [f"{m}_think" for m in THINK_METHODS]
+    earlier = [f"{m}_round{r}" for m in methods[1:] for r in range(1, cfg.rounds)]
+    order = methods[:1] + ["base_think"] + earlier + methods[1:] + [f"{m}_think" for m in THINK_METHODS]
     result = {"preset": preset, "seeds": int(seeds), "split": eval_split,
               "judge_agreement": float(np.mean(res["agreement"])) if res["agreement"] else float("nan"),
               "methods": {m: summary[m] for m in order if m in summary}}
