@@ -260,3 +260,7 @@ def test_later_rounds_judge_the_trained_models_own_candidates_and_continue_its_w
     assert B.state_digest(after_one) != B.state_digest(bench.base_state)
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         B.run_bench("test", seeds=1, round_cfg=B.replace(cfg1, rounds=0))
+    from srum_jobs.bench_cli import bench_group
+
+    bad = CliRunner().invoke(bench_group, ["toy", "--preset", "test", "--set", "rounds=0"])
+    assert bad.exit_code == 2 and "rounds must be >= 1, got 0" in bad.output

@@ -92,6 +92,10 @@ class RoundConfig:
     # reported as rows `<method>_round<r>`. The reference/anchor stays the original base.
     rounds: int = 1
 
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"round setting rounds must be >= 1, got {self.rounds}")
+
     def steps(self, n_candidates: int) -> int:
         return max(1, int(round(self.epochs * n_candidates / self.batch)))
 
@@ -186,6 +190,12 @@ def _balanced(prompts: Sequence[Any], n_total: Optional[int] = None, per_categor
 
 def _seed_of(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def _later(round_index: int) -> Tuple[int, ...]:
+    """The extra seed part of a round: none in round 1 (its seeds, and so cached candidates, stay what they
+    always were), the round's number in later rounds (new noise)."""
+    return () if round_index == 1 else (round_index,)
 
 
 @dataclass
@@ -326,9 +336,7 @@ class Bench:
             return images, records
         self.model.load_state_dict(self.base_state if start is None else start)
         items = [(p, k) for p in self.train_prompts for k in range(self.cfg.candidates)]
-        # round 1 keeps the seeds it always had (cached candidates stay valid); later rounds draw new noise
-        seeds = [_seed_of("cand", seed, p.index, k) if round_index == 1 else _seed_of("cand", seed, round_index, p.index, k)
-                 for p, k in items]
+        seeds = [_seed_of("cand", seed, *_later(round_index), p.index, k) for p, k in items]
         with self._timed("generate"):
             gens = self.generate([p.text for p, _ in items], seeds, think=self.cfg.think)
         cands = [CandidateItem(png_bytes(g.image), p, k, s, f"bench/{seed}/{p.index}-{k}.png", 32, 32,
@@ -395,9 +403,8 @@ class Bench:
         sched = build_scheduler(opt, tc)
         ema = (AveragedModel(self.model.generator, multi_avg_fn=get_ema_multi_avg_fn(tc.ema)) if tc.ema else None)
         # the same noise, timesteps and data order for every method of a seed that keeps the same records
-        later = () if round_index == 1 else (round_index,)
-        gen = torch.Generator().manual_seed(_seed_of("train", seed, *later))
-        order_rng = np.random.default_rng(_seed_of("order", seed, *later))
+        gen = torch.Generator().manual_seed(_seed_of("train", seed, *_later(round_index)))
+        order_rng = np.random.default_rng(_seed_of("order", seed, *_later(round_index)))
         n = len(recs)
         order: List[int] = []
         losses = []
@@ -678,8 +685,6 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     cfg = round_cfg or ROUNDS[preset]
-    if cfg.rounds < 1:
-        raise ValueError(f"round setting rounds must be >= 1, got {cfg.rounds}")
     methods = bench_methods(cfg, methods, ablations=ablations, extra=extra, lambda_sweep=lambda_sweep)
     t0 = time.perf_counter()
     if workers > 1 and seeds > 1:
