@@ -157,9 +157,23 @@ def test_stage_excludes_unparsed_answers_pairs_runs_and_reports(tmp_path, toy_mo
     assert "trained - base (plain) [95% CI]" in page and "Unparsed evaluator answers" in page
     assert "Understanding regression" in page and "data:image/png;base64," in page
     assert f"images (unparsed) | 6 ({unsure})" in md
+    assert "no measurable change (interval includes 0)" in page and "no measurable change" in md
+    assert "README, section &#x27;The toy world&#x27;" in page
     lines = report.headline(ctx)["lines"]
     assert any("after SRUM round 1" in line for line in lines)
     assert any(f"unparsed evaluator answers (excluded): {4 * unsure}" in line for line in lines)
+    # identical weights: every change is zero and the headline says so in words
+    assert any("trained - base (plain): +0.0 [+0.0, +0.0]" in line and "no measurable change" in line
+               for line in lines)
+
+
+@pytest.mark.parametrize("ci, words", [([0.01, 0.05], "a measured gain"), ([-0.05, -0.01], "a measured loss"),
+                                       ([-0.01, 0.05], "no measurable change"), ([0.0, 0.03], "no measurable change")])
+def test_headline_says_what_the_interval_means(ci, words):
+    from srum_jobs.evaluation import tables
+
+    assert tables.verdict({"diff": sum(ci) / 2, "ci": ci, "prompts": 10}).startswith(words)
+    assert tables.verdict(None) == "not measured"
 
 
 def test_think_mode_is_skipped_and_said_when_the_model_has_none(tmp_path, toy_model, monkeypatch):

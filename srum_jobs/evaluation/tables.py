@@ -31,6 +31,18 @@ def fmt_change(c: Optional[Dict[str, Any]], unit: str) -> str:
     return f"{fmt_diff(c['diff'], unit)} [{fmt_diff(lo, unit)}, {fmt_diff(hi, unit)}]"
 
 
+def verdict(c: Optional[Dict[str, Any]]) -> str:
+    """What a change's interval says, in words: a gain or a loss only when the interval excludes 0."""
+    if not c or c.get("diff") is None:
+        return "not measured"
+    lo, hi = c["ci"]
+    if lo > 0:
+        return "a measured gain (interval above 0)"
+    if hi < 0:
+        return "a measured loss (interval below 0)"
+    return "no measurable change (interval includes 0)"
+
+
 def ordered_runs(runs: Sequence[str]) -> List[str]:
     return [r for r in RUN_ORDER if r in runs] + sorted(r for r in runs if r not in RUN_ORDER)
 
@@ -99,7 +111,8 @@ def headline_lines(h: Dict[str, Any], round: int) -> List[str]:
     lines.append(f"  base                        plain {cell('base/plain'):>7}   think {cell('base/think'):>7}")
     lines.append(f"  after SRUM round {round:<10} plain {cell('trained/plain'):>7}   think {cell('trained/think'):>7}")
     for name, c in h["changes"].items():
-        lines.append(f"  {name}: {fmt_change(c, unit)} ({pct}% paired bootstrap CI, {c['prompts']} prompts)")
+        lines.append(f"  {name}: {fmt_change(c, unit)} ({pct}% paired bootstrap CI, {c['prompts']} prompts): "
+                     f"{verdict(c)}")
     for run, why in (h.get("skipped") or {}).items():
         lines.append(f"  {run}: not evaluated ({why})")
     unparsed = sum(r["unparsed"] for r in runs.values())

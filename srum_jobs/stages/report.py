@@ -242,7 +242,9 @@ def _eval_sections(summary: Dict[str, Any], round: int) -> tuple:
     html_parts, md_parts, figures = [], [], []
     h = summary.get("headline") or {}
     if h:
-        html_parts.append("<pre class='headline'>" + html.escape("\n".join(tables.headline_lines(h, round))) + "</pre>")
+        lines = tables.headline_lines(h, round)
+        html_parts.append("<pre class='headline'>" + html.escape("\n".join(lines)) + "</pre>")
+        md_parts += ["```", *lines, "```", ""]
     for name, b in summary.get("benchmarks", {}).items():
         html_parts.append(f"<h2>{html.escape(b['title'])}</h2>")
         md_parts.append(f"## {b['title']}")
@@ -306,6 +308,11 @@ def run(exp: Experiment, round: int, shard: int = 0, num_shards: int = 1, *, pro
         ("training", f"{train.get('steps', '?')} steps on {train.get('world_size', '?')} process(es), "
                      f"{train.get('wall_s', 0):.0f} s"),
     ]
+    if exp.model.adapter == "toy":
+        # one small round on 200 prompts is noisy; say where the measured, multi-seed answer is
+        facts.append(("toy world", "one round measured on one seed; the toy world's rounds over 3 seeds on held-out "
+                                   "prompts, the paper's baselines, and what did and did not help are in the "
+                                   "README, section 'The toy world'"))
     md = [f"# SRUM report: {exp.name}, round {round}", "", *eval_md,
           *[f"- **{k}**: {v}" for k, v in facts], "",
           "Images, plots, reward maps and loss curves: see report.html beside this file."]
