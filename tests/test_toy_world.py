@@ -302,3 +302,20 @@ def test_toy_cli_presets_are_the_pretraining_and_bench_presets():
     from srum_jobs.toy import bench, commands, pretrain
 
     assert list(commands.PRESET_CHOICES.choices) == list(pretrain.PRESETS) == list(bench.ROUNDS)
+
+
+def test_generator_step_inputs_draw_the_asked_splits_compositions():
+    # pretraining streams the pretrain split; benchmarks/toy_clean_continuation.py streams another split
+    import torch
+
+    from srum_jobs.toy import pretrain
+
+    cfg = {**pretrain.preset_config("test")["generator"], "p_uncond": 0.0, "batch": 24}
+    for split in ("pretrain", "train"):
+        args = (cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
+        _, prompts, *_ = pretrain.generator_step_inputs(*args, split=split)
+        splits = {w.content_split(w.parse_prompt(p).content_key()) for p in prompts}
+        assert splits == {split}
+    default = pretrain.generator_step_inputs(cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    assert default[1] == pretrain.generator_step_inputs(cfg, np.random.default_rng(3), torch.Generator().manual_seed(3),
+                                                        split="pretrain")[1]

@@ -314,17 +314,17 @@ def train_perception(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     return net.eval()
 
 
-def generator_step_inputs(cfg: Dict[str, Any], rng: np.random.Generator, gen):
-    """One pretraining step's inputs (x0, prompts, layout, t, eps): ground-truth renders, the prompt dropped
-    for a share p_uncond (CFG: the null prompt, and no plan), the plan kept for the rest but a share
-    p_plan_drop (plain mode); flow times and noise from the torch generator `gen`."""
+def generator_step_inputs(cfg: Dict[str, Any], rng: np.random.Generator, gen, split: str = "pretrain"):
+    """One pretraining step's inputs (x0, prompts, layout, t, eps): ground-truth renders of `split`'s
+    compositions, the prompt dropped for a share p_uncond (CFG: the null prompt, and no plan), the plan kept
+    for the rest but a share p_plan_drop (plain mode); flow times and noise from the torch generator `gen`."""
     import torch
 
     from ..training.loss import sample_timesteps
     from .plan import layouts
 
     think = bool(cfg.get("plan_channels", 0))
-    x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), category_weights=cfg.get("category_weights"),
+    x0, prompts, plans = generator_batch(rng, int(cfg["batch"]), split, category_weights=cfg.get("category_weights"),
                                         caption_noise=float(cfg.get("caption_noise", 0.0)))
     drop = rng.random(len(prompts)) < cfg["p_uncond"]
     keep_plan = think & ~drop & (rng.random(len(prompts)) >= float(cfg.get("p_plan_drop", 1.0)))
