@@ -39,7 +39,7 @@ def train_steps(base, batches, cfg: dict, channels_last: bool) -> tuple:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = copy.deepcopy(base).to(memory_format=fmt)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema"])))
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    opt = P.generator_optimizer(net, float(cfg["lr"]))
     times, first = [], None
     for x0, prompts, layout, t, eps in batches:
         t0 = time.perf_counter()

@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    for name in ("steps", "checkpoints", "eval_samples"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
 
     cfg = replace(B.ROUNDS[args.preset], eval_samples=args.eval_samples, diagnostics=False)
@@ -56,7 +59,7 @@ def main() -> None:
     evals: dict = {}
     evaluate("base", evals)
     net = bench.model.generator
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = P.generator_optimizer(net, args.lr)
     rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
     every = max(1, args.steps // args.checkpoints)
     t0 = time.perf_counter()

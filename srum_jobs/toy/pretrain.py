@@ -353,6 +353,13 @@ def flow_matching_step(net, opt, x0, prompts, layout, t, eps, memory_format=None
     return loss
 
 
+def generator_optimizer(net, lr: float):
+    """The generator's pretraining optimiser (also what benchmarks/toy_clean_continuation.py continues with)."""
+    import torch
+
+    return torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+
 def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     """Rectified flow on ground-truth renders of the training compositions; returns the EMA network."""
     import torch
@@ -363,7 +370,7 @@ def train_generator(cfg: Dict[str, Any], seed: int, log: Log = _default_log):
     gen = torch.Generator().manual_seed(seed)
     net = build_generator(cfg).to(memory_format=torch.channels_last)       # see flow_matching_step
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema"])))
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    opt = generator_optimizer(net, float(cfg["lr"]))
     steps, warm = int(cfg["steps"]), int(cfg["warmup"])
     schedule = cfg.get("schedule", "constant")
     if schedule not in ("constant", "cosine"):
