@@ -1,12 +1,13 @@
 """`srum bench`: side-by-side measurements. `toy` compares base, SFT and SRUM in the toy world
-(toy/bench.py); `costs` measures the per-item costs of a real experiment for `srum plan` (capacity/measure.py).
+(toy/bench.py) and `toy-pair` pairs any two rows of a finished one; `costs` measures the per-item costs
+of a real experiment for `srum plan` (capacity/measure.py).
 Only click is imported here; the commands import torch when they run."""
 
 from __future__ import annotations
 
 import click
 
-from .toy.commands import bench_toy_command
+from .toy.commands import bench_toy_command, bench_toy_pair_command
 
 
 @click.group("bench")
@@ -15,6 +16,7 @@ def bench_group() -> None:
 
 
 bench_group.add_command(bench_toy_command, "toy")
+bench_group.add_command(bench_toy_pair_command, "toy-pair")
 
 
 @bench_group.command("costs")

@@ -43,6 +43,11 @@ def test_bench_cli_writes_the_json_shape_of_the_issue(tmp_path):
         _check_method(name, r)
     assert data["methods"]["base"]["overall_ci"] == [0.0, 0.0]
     assert "overall_ci_vs_base_think" in data["methods"]["srum_think"]
+    # trained rows are paired with the SFT row of their mode too; SFT and the base rows are not
+    assert "overall_ci_vs_sft" in data["methods"]["srum"] and "overall_ci_vs_sft" in data["methods"]["srum_think"]
+    assert set(data["methods"]["srum"]["per_category_ci_vs_sft"]) == CATS
+    assert not {"overall_ci_vs_sft"} & (set(data["methods"]["sft"]) | set(data["methods"]["base_think"]))
+    assert "95% CI vs sft of the same mode" in res.output
     # the default recipe is the debiased weighting: one training, two names
     assert data["aliases"] == {"srum": "srum_debiased"}
     assert data["methods"]["srum"] == data["methods"]["srum_debiased"]
@@ -51,7 +56,7 @@ def test_bench_cli_writes_the_json_shape_of_the_issue(tmp_path):
     assert bad.exit_code != 0 and "0,x" in bad.output
 
 
-def test_bench_base_methods_and_details():
+def test_bench_base_methods_and_details(tmp_path):
     details = {}
     data = B.run_bench("test", seeds=1, details=details, round_cfg=B.RoundConfig(
         **{**B.asdict(B.ROUNDS["test"]), "diagnostics": False}))
@@ -61,6 +66,34 @@ def test_bench_base_methods_and_details():
     assert details["kept"]["sft"] == [10] and details["train_prompts"] == 5
     assert details["train"]["sft"][0]["steps"] == B.ROUNDS["test"].steps(10) == 5
     assert {"generate", "judge", "train", "evaluate"} <= set(details["phases_s"])
+    # per-prompt accuracy of every row, aligned with one prompt list, reproduces each row's overall
+    table = details["per_prompt"]
+    assert set(table["accuracy"]) == set(details["per_seed"])
+    assert len(table["prompts"]) == details["eval_items"] // B.ROUNDS["test"].eval_samples
+    for m, acc in table["accuracy"].items():
+        assert len(acc) == len(table["prompts"])
+        assert np.mean(acc) == pytest.approx(details["per_seed"][m][0]["overall"], abs=1e-3), m
+    _check_toy_pair(tmp_path, details, data)
+
+
+def _check_toy_pair(tmp_path, details, data):
+    """`srum bench toy-pair` on a finished bench's details: the same interval the bench gives vs base."""
+    from srum_jobs.bench_cli import bench_group
+
+    path = tmp_path / "bench.json.details.json"
+    path.write_text(json.dumps(details))
+    res = CliRunner().invoke(bench_group, ["toy-pair", str(path), "srum", "base"])
+    assert res.exit_code == 0, res.output
+    overall = next(line for line in res.output.splitlines() if line.strip().startswith("overall"))
+    lo, hi = data["methods"]["srum"]["overall_ci"]
+    diff = 100.0 * (data["methods"]["srum"]["overall"] - data["methods"]["base"]["overall"])
+    assert f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]" in overall
+    assert "srum - base over" in res.output and all(c in res.output for c in CATS)
+    bad = CliRunner().invoke(bench_group, ["toy-pair", str(path), "srum", "magic"])
+    assert bad.exit_code != 0 and "row 'magic' is not in the details file" in bad.output
+    path.write_text(json.dumps({k: v for k, v in details.items() if k != "per_prompt"}))
+    old = CliRunner().invoke(bench_group, ["toy-pair", str(path), "srum", "base"])
+    assert old.exit_code != 0 and "no per_prompt table" in old.output
     with pytest.raises(ValueError, match="unknown toy preset 'big'"):
         B.run_bench("big")
 
@@ -174,6 +207,22 @@ def test_summary_pairs_prompts_across_seeds():
     lo, hi = out["m"]["overall_ci"]
     assert 0.0 < lo <= 50.0 <= hi <= 100.0
     assert set(out["m"]["per_category_ci"]) == CATS
+    assert "overall_ci_vs_sft" not in out["m"]
+
+
+def test_summary_pairs_trained_rows_with_sft_of_their_mode():
+    prompts = [B._balanced(w.toy_prompts("eval"), per_category=2)[i] for i in range(10)]
+
+    def ev(n_right):
+        return [B.Evaluation([True] * n_right + [False] * (10 - n_right), prompts, {})]
+
+    out = B.summarise({"base": ev(0), "base_think": ev(0), "sft": ev(5), "m": ev(5), "sft_think": ev(0),
+                       "m_think": ev(10)}, resamples=2000)
+    # same verdicts as sft: a zero-width interval at 0; think rows against sft_think, not sft
+    assert out["m"]["overall_ci_vs_sft"] == [0.0, 0.0] and set(out["m"]["per_category_ci_vs_sft"]) == CATS
+    lo, hi = out["m_think"]["overall_ci_vs_sft"]
+    assert 0.0 < lo <= 100.0 == hi
+    assert "overall_ci_vs_sft" not in out["sft"] and "overall_ci_vs_sft" not in out["sft_think"]
 
 
 def test_round_settings_from_the_command_line():

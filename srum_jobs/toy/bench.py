@@ -523,31 +523,69 @@ def run_methods(bench: Bench, methods: Sequence[str], seeds: Sequence[int],
             "train": dict(info), "aliases": aliases}
 
 
-def summarise(evals: Dict[str, List[Evaluation]], *, resamples: int = 10000) -> Dict[str, Any]:
-    """Per row: mean over seeds of overall and per-category accuracy, the spread of the seeds' overall,
-    the paired bootstrap 95% interval of (row - base) in accuracy points over eval prompts (overall and
-    per category, evaluation.stats.paired_bootstrap; think rows also against base_think) and the mean
-    diagnostics."""
+def prompt_scores(runs: List[Evaluation]) -> Dict[int, Tuple[str, float]]:
+    """eval prompt index -> (category, accuracy over every seed's and sample's verdicts on it)"""
+    acc: Dict[int, List[bool]] = defaultdict(list)
+    cat: Dict[int, str] = {}
+    for ev in runs:
+        for ok, p in zip(ev.oks, ev.prompts):
+            acc[p.index].append(ok)
+            cat[p.index] = p.category
+    return {i: (cat[i], float(np.mean(v))) for i, v in acc.items()}
+
+
+def paired_rows(a: Dict[int, Tuple[str, float]], b: Dict[int, Tuple[str, float]], *,
+                resamples: int = 10000) -> Dict[str, Dict[str, Any]]:
+    """row (category or overall) -> {"diff", "ci": [lo, hi]} of (a - b) in accuracy points: the paired
+    bootstrap over the prompts both score (evaluation.stats.paired_bootstrap), categories weighted by size."""
     from ..evaluation.protocol import size_weighted
     from ..evaluation.stats import paired_bootstrap
 
-    def prompt_scores(runs: List[Evaluation]) -> Dict[int, Tuple[str, float]]:
-        acc: Dict[int, List[bool]] = defaultdict(list)
-        cat: Dict[int, str] = {}
-        for ev in runs:
-            for ok, p in zip(ev.oks, ev.prompts):
-                acc[p.index].append(ok)
-                cat[p.index] = p.category
-        return {i: (cat[i], float(np.mean(v))) for i, v in acc.items()}
+    rows = paired_bootstrap(a, b, size_weighted, resamples=resamples, seed=len(a))["rows"]
+    return {r: {"diff": None if v["diff"] is None else round(100.0 * v["diff"], 2),
+                "ci": None if v["ci"] is None else [round(100.0 * v["ci"][0], 2), round(100.0 * v["ci"][1], 2)]}
+            for r, v in rows.items()}
 
+
+def pair_from_details(details: Dict[str, Any], a: str, b: str, *, resamples: int = 10000) -> Dict[str, Any]:
+    """Any two rows of a finished bench paired afterwards, from its details file's per-prompt table (the
+    same interval `summarise` gives against base and sft)."""
+    table = details.get("per_prompt")
+    if not table:
+        raise ValueError("the details file has no per_prompt table (written by benches from this version on)")
+    rows = table["accuracy"]
+    for name in (a, b):
+        if name not in rows:
+            raise ValueError(f"row {name!r} is not in the details file; its rows are {', '.join(rows)}")
+    scores = {name: {int(i): (cat, float(v)) for (i, cat), v in zip(table["prompts"], rows[name])} for name in (a, b)}
+    return {"a": a, "b": b, "prompts": len(table["prompts"]),
+            "rows": paired_rows(scores[a], scores[b], resamples=resamples)}
+
+
+def per_prompt_table(evals: Dict[str, List[Evaluation]]) -> Dict[str, Any]:
+    """Every row's accuracy per eval prompt (over seeds and samples), for the details file: any two rows
+    can be paired afterwards (evaluation.stats.paired_bootstrap) without running the bench again."""
+    rows = {m: prompt_scores(runs) for m, runs in evals.items() if runs}
+    index = sorted(set().union(*rows.values())) if rows else []
+    first = next(iter(rows.values()), {})
+    return {"prompts": [[i, first[i][0]] for i in index],
+            "accuracy": {m: [round(r[i][1], 4) for i in index] for m, r in rows.items()}}
+
+
+def summarise(evals: Dict[str, List[Evaluation]], *, resamples: int = 10000) -> Dict[str, Any]:
+    """Per row: mean over seeds of overall and per-category accuracy, the spread of the seeds' overall,
+    the paired bootstrap 95% interval of (row - base) in accuracy points over eval prompts (overall and
+    per category, evaluation.stats.paired_bootstrap; think rows also against base_think; trained rows
+    also against the SFT row of their mode, `*_ci_vs_sft`) and the mean diagnostics."""
     def intervals(a: Dict[int, Tuple[str, float]], b: Dict[int, Tuple[str, float]]) -> Dict[str, Any]:
-        """row (category or overall) -> [lo, hi] of (a - b) in accuracy points"""
-        rows = paired_bootstrap(a, b, size_weighted, resamples=resamples, seed=len(a))["rows"]
-        return {r: None if v["ci"] is None else [round(100.0 * v["ci"][0], 2), round(100.0 * v["ci"][1], 2)]
-                for r, v in rows.items()}
+        return {r: v["ci"] for r, v in paired_rows(a, b, resamples=resamples).items()}
 
     base = prompt_scores(evals["base"]) if "base" in evals else None
     base_think = prompt_scores(evals["base_think"]) if "base_think" in evals else None
+    # the paper's claim is SRUM > SFT, not only > base: every other trained row is also paired with the
+    # SFT row of its mode (sft for plain rows, sft_think for think rows) on the same prompts
+    sft = {mode: prompt_scores(evals[name]) for mode, name in (("plain", "sft"), ("think", "sft_think"))
+           if evals.get(name)}
     out = {}
     for m, runs in evals.items():
         if not runs:
@@ -566,6 +604,11 @@ def summarise(evals: Dict[str, List[Evaluation]], *, resamples: int = 10000) -> 
             row["per_category_ci"] = {c: ci.get(c) for c in cats}
             if m.endswith("_think") and base_think is not None and m != "base_think":
                 row["overall_ci_vs_base_think"] = intervals(mine, base_think).get("overall")
+            vs = sft.get("think" if m.endswith("_think") else "plain")
+            if vs is not None and m not in ("base", "base_think", "sft", "sft_think"):
+                ci = intervals(mine, vs)
+                row["overall_ci_vs_sft"] = ci.get("overall")
+                row["per_category_ci_vs_sft"] = {c: ci.get(c) for c in cats}
         if runs[0].diagnostics:
             row["diagnostics"] = {k: float(np.mean([r.diagnostics[k] for r in runs])) for k in runs[0].diagnostics}
         out[m] = row
@@ -712,6 +755,7 @@ def run_bench(preset: str = "demo", *, ablations: bool = False, seeds: int = 3, 
                         "round": asdict(cfg), "eval_items": len(eval_prompts) * cfg.eval_samples,
                         "train_prompts": n_train, "workers": workers,
                         "per_seed": {m: [e.scores() for e in runs] for m, runs in res["evals"].items()},
+                        "per_prompt": per_prompt_table(res["evals"]),
                         "total_s": round(time.perf_counter() - t0, 1)})
     return result
 
@@ -756,6 +800,11 @@ def format_table(result: Dict[str, Any]) -> str:
             d = r.get("diagnostics")
             if d:
                 lines.append(f"{m:<20}" + "".join(f"{d[k]:>15.3f}" for k in keys))
+    vs_sft = {m: r["overall_ci_vs_sft"] for m, r in result["methods"].items() if r.get("overall_ci_vs_sft")}
+    if vs_sft:
+        lines.append("")
+        lines.append("95% CI vs sft of the same mode (pts): " +
+                     ", ".join(f"{m} [{lo:+.1f}, {hi:+.1f}]" for m, (lo, hi) in vs_sft.items()))
     if result.get("aliases"):
         lines.append("same weights: " + ", ".join(f"{a} = {b}" for a, b in result["aliases"].items()))
     return "\n".join(lines)

@@ -122,3 +122,30 @@ def bench_toy_command(preset: str, ablations: bool, lambda_c: tuple, anchor_row:
         with open(json_path + ".details.json", "w", encoding="utf-8") as fh:
             json.dump(details, fh, indent=1, default=str)
         click.echo(f"wrote {json_path} (and its details: {json_path}.details.json)", err=True)
+
+
+@click.command("toy-pair")
+@click.argument("details_path", metavar="DETAILS", type=click.Path(exists=True, dir_okay=False))
+@click.argument("row_a")
+@click.argument("row_b")
+def bench_toy_pair_command(details_path: str, row_a: str, row_b: str) -> None:
+    """ROW_A - ROW_B of a finished `srum bench toy` (its DETAILS file, `<json>.details.json`), paired over
+    the same eval prompts: the difference and its 95% bootstrap interval in accuracy points, overall and
+    per category. No model runs."""
+    import json
+
+    from .bench import pair_from_details
+
+    with open(details_path, encoding="utf-8") as fh:
+        try:
+            details = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"{details_path} is not JSON: {e}", param_hint="DETAILS") from None
+    try:
+        out = pair_from_details(details, row_a, row_b)
+    except ValueError as e:
+        raise click.BadParameter(f"{details_path}: {e}", param_hint="DETAILS") from None
+    click.echo(f"{row_a} - {row_b} over {out['prompts']} eval prompts (accuracy points, paired bootstrap 95% CI)")
+    for row, v in out["rows"].items():
+        cell = "n/a" if v["diff"] is None else f"{v['diff']:+.1f} [{v['ci'][0]:+.1f}, {v['ci'][1]:+.1f}]"
+        click.echo(f"  {row:<12} {cell}")
