@@ -94,6 +94,9 @@ def _check_toy_pair(tmp_path, details, data):
     path.write_text(json.dumps({k: v for k, v in details.items() if k != "per_prompt"}))
     old = CliRunner().invoke(bench_group, ["toy-pair", str(path), "srum", "base"])
     assert old.exit_code != 0 and "no per_prompt table" in old.output
+    path.write_text("{not json")
+    broken = CliRunner().invoke(bench_group, ["toy-pair", str(path), "srum", "base"])
+    assert broken.exit_code != 0 and "is not JSON" in broken.output
     with pytest.raises(ValueError, match="unknown toy preset 'big'"):
         B.run_bench("big")
 
