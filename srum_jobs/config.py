@@ -148,6 +148,10 @@ class RewardConfig(_Section):
     reference: Literal["sample", "base"] = Field(
         "sample", description="what the lambda_c term anchors to: the sample's flow (paper) or the frozen base "
                               "model's velocity (a KL-style anchor)")
+    anchor: Literal["base", "self"] = Field(
+        "base", description="debiased: what a low reward blends the target toward: the frozen base model's "
+                            "velocity (base), or the model's own current prediction without gradient (self: the "
+                            "anchor ablation; its gradient is the paper's per-token weighting by the same map)")
     push_away: float = Field(0.5, ge=0, le=1, description="debiased: strength of the push away from penalised regions")
     dense_max_t: float = Field(1.0, gt=0, le=1, description="apply the dense map only at flow times t <= this; "
                                                              "above, each record's map is replaced by its mean")
@@ -178,6 +182,9 @@ class RewardConfig(_Section):
         if self.weighting == "debiased" and self.mode == "reference":
             raise ValueError("weighting 'debiased' reads the sign of the map; mode 'reference' has none (use "
                              "corrective, signed, sparse or sample)")
+        if self.anchor != "base" and self.weighting != "debiased":
+            raise ValueError(f"reward.anchor {self.anchor!r} only applies to weighting 'debiased' (the paper's "
+                             "weighting has no anchor in its target)")
         return self
 
 

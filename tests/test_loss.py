@@ -314,6 +314,58 @@ def test_reference_term_anchors_to_the_base_velocity():
         srum_loss(v, target, torch.ones(3, 8), torch.ones(3), 0.5, weighting="debiased")
 
 
+def _grad(**kw):
+    v, target = _batch(seed=1)
+    g = torch.Generator().manual_seed(2)
+    v_ref = torch.randn(v.shape, generator=g)
+    r = torch.rand(3, 8, generator=g) * 2 - 1          # praise and penalised tokens
+    v = v.clone().requires_grad_(True)
+    srum_loss(v, target, r, kw.pop("alpha"), kw.pop("lambda_c"), weighting=kw.pop("weighting", "debiased"),
+              v_ref=v_ref, **kw).total.backward()
+    return v.grad, r
+
+
+def test_debiased_base_reference_term_only_shrinks_rho():
+    # |v - (v_base + rho d)|^2 + lam |v - v_base|^2 = (1 + lam) |v - (v_base + rho / (1 + lam) d)|^2 + const:
+    # the lambda_c anchor of the debiased weighting is the no-reference loss with rho / (1 + lam), times 1 + lam
+    alpha, lam, push = torch.tensor([0.9, 0.4, 0.7]), 0.5, 0.6
+    with_ref, _ = _grad(alpha=alpha, lambda_c=lam, reference="base", push_away=push)
+    without, _ = _grad(alpha=alpha / (1 + lam), lambda_c=lam, reference="base", push_away=push / (1 + lam),
+                       use_reference=False)
+    assert torch.allclose(with_ref, (1 + lam) * without, atol=1e-6)
+    same_rho, _ = _grad(alpha=alpha, lambda_c=lam, reference="base", push_away=push, use_reference=False)
+    assert not torch.allclose(with_ref, (1 + lam) * same_rho, atol=1e-3)
+
+
+def test_self_anchor_gradient_is_the_map_as_per_token_loss_weights():
+    # anchor "self" blends toward the model's own prediction without gradient: its gradient is rho * d(err)/dv,
+    # the paper's content-dependent weighting (here push_away 1 and no global factor, so rho = R everywhere)
+    kw = dict(alpha=torch.ones(3), lambda_c=0.0, use_global=False, use_reference=False, push_away=1.0)
+    self_anchor, r = _grad(anchor="self", **kw)
+    paper, _ = _grad(weighting="paper", **kw)
+    base_anchor, _ = _grad(**kw)
+    assert torch.allclose(self_anchor, paper, atol=1e-6)
+    assert not torch.allclose(self_anchor, base_anchor, atol=1e-3)
+    # nothing of the base is needed then
+    v, target = _batch()
+    srum_loss(v, target, r, torch.ones(3), 0.5, weighting="debiased", anchor="self", use_reference=False)
+    with pytest.raises(ValueError, match="reward.anchor 'frozen'"):
+        srum_loss(v, target, r, torch.ones(3), 0.5, weighting="debiased", anchor="frozen", v_ref=v)
+
+
+def test_anchor_setting_is_validated_and_decides_whether_the_base_runs():
+    from srum_jobs.config import RewardConfig
+    from srum_jobs.training.optim import needs_reference_model
+
+    with pytest.raises(ValueError, match="reward.anchor 'self' only applies to weighting 'debiased'"):
+        RewardConfig(anchor="self")
+    tc, no_ref = TrainingConfig(), TrainingConfig(use_reference=False)
+    assert needs_reference_model(RewardConfig(weighting="debiased", mode="corrective"), no_ref)
+    assert not needs_reference_model(RewardConfig(weighting="debiased", mode="corrective", anchor="self"), no_ref)
+    assert needs_reference_model(RewardConfig(weighting="debiased", mode="corrective", anchor="self",
+                                              reference="base"), tc)
+
+
 def test_dense_map_only_below_dense_max_t():
     v, target = _batch(b=2, n=4)
     r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])

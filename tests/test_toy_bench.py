@@ -14,7 +14,7 @@ from srum_jobs.toy import world as w
 
 CATS = set(w.CATEGORIES)
 CONTRACT = ["base", "base_think", "sft", "sft_filtered", "sample_reward", "srum_paper", "srum_debiased", "srum",
-            "srum_no_global", "srum_no_ref", "srum_sparse", "srum_signed", "srum_lambda_0", "srum_lambda_1",
+            "srum_no_global", "srum_no_ref", "srum_no_anchor", "srum_sparse", "srum_signed", "srum_lambda_0", "srum_lambda_1",
             "sft_think", "srum_think"]
 
 
@@ -191,6 +191,8 @@ def test_methods_get_the_papers_baselines_and_the_recipe():
     # ablations change one thing each
     assert B.method_configs("srum_no_global", cfg)[0].use_global is False
     assert B.method_configs("srum_no_ref", cfg)[1] == {"use_reference": False}
+    no_anchor = B.method_configs("srum_no_anchor", cfg)
+    assert (no_anchor[0].anchor, no_anchor[0].weighting, no_anchor[1]) == ("self", "debiased", {"use_reference": False})
     assert B.method_configs("srum_sparse", cfg)[0].mode == "sparse"
     assert B.method_configs("srum_signed", cfg)[0].mode == "signed"
     assert B.method_configs("srum_lambda_2", cfg)[0].lambda_c == 2.0

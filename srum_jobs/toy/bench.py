@@ -46,7 +46,7 @@ Log = Callable[[str], None]
 # The JSON contract's methods, in table order: plain-mode rows, then think-mode rows.
 BASE_METHODS: Tuple[str, ...] = ("base", "sft", "sft_filtered", "sample_reward", "srum_paper", "srum_debiased",
                                  "srum")
-ABLATIONS: Tuple[str, ...] = ("srum_no_global", "srum_no_ref", "srum_sparse", "srum_signed")
+ABLATIONS: Tuple[str, ...] = ("srum_no_global", "srum_no_ref", "srum_no_anchor", "srum_sparse", "srum_signed")
 EXTRA_METHODS: Tuple[str, ...] = ("srum_paper_anchor",)
 LAMBDA_SWEEP: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 # trained methods also sampled in think mode (rows "<method>_think"); base_think is always there
@@ -125,6 +125,9 @@ def method_configs(method: str, cfg: RoundConfig):
       srum_no_global / srum_no_ref / srum_sparse / srum_signed   the default recipe without the global
                         factor / without the reference term / with the 0-1 whole-image reward / with the
                         signed map (dense praise) instead of its own map
+      srum_no_anchor    the default recipe with no frozen base anywhere (reward.anchor self, no reference
+                        term): its gradient is the map as per-token loss weights (training/loss.py); with
+                        the debiased weighting srum_no_ref only rescales rho, so this is the anchor's ablation
       srum_lambda_<x>   the default recipe with lambda_c = x (the paper's Fig. 3 sweep)
     """
     from ..config import RewardConfig
@@ -156,6 +159,9 @@ def method_configs(method: str, cfg: RoundConfig):
         r = dict(recipe, use_global=False)
     elif method == "srum_no_ref":
         r = recipe
+        train["use_reference"] = False
+    elif method == "srum_no_anchor":
+        r = dict(recipe, anchor="self")        # no base anywhere: not in the target, not in a reference term
         train["use_reference"] = False
     elif method == "srum_sparse":
         r = dict(recipe, mode="sparse")

@@ -59,7 +59,7 @@ def _lambdas(ctx, param, value):
 
 @click.command("toy")
 @click.option("--preset", type=PRESET_CHOICES, default="demo", show_default=True)
-@click.option("--ablations", is_flag=True, help="also srum_no_global, srum_no_ref, srum_sparse, srum_signed")
+@click.option("--ablations", is_flag=True, help="also srum_no_global, srum_no_ref, srum_no_anchor, srum_sparse, srum_signed")
 @click.option("--lambda-c", "lambda_c", callback=_lambdas, default="", metavar="LIST",
               help="also the default recipe at each lambda_c of LIST (e.g. 0,0.25,0.5,1,2: the paper's Fig. 3 sweep)")
 @click.option("--anchor-row", is_flag=True, help="also srum_paper_anchor: the paper's loss with its reference "

@@ -24,6 +24,15 @@ content-dependent weight. A record the judge fully approves (rho = 1) is plain f
 one stays close to the base; a penalised region pushes away from that sample by at most the distance
 from the base to it (bounded, unlike a negative loss weight, which grows without limit).
 
+With reference: base the lambda_c term adds nothing the debiased target does not already have: for every v,
+    |v - (v_base + rho d)|^2 + lambda_c |v - v_base|^2
+        = (1 + lambda_c) |v - (v_base + rho / (1 + lambda_c) d)|^2 + (terms without v),   d = target - v_base,
+so it only shrinks rho by 1 / (1 + lambda_c) and scales the gradient (which AdamW's update and clipping
+mostly ignore): `use_reference=False` is the same objective with a larger rho (tested). What the base does
+in this weighting is the anchor inside the target; `anchor="self"` (the ablation) blends toward the
+model's own current prediction (no gradient) instead, whose gradient is rho * d(err)/dv: per-token loss
+weights again, the tilting kind, with no base anywhere.
+
 `dense_max_t` < 1 applies the dense map only at flow times t <= dense_max_t (where x_t pins down the
 sample); above it each record's map is replaced by its mean over tokens.
 
@@ -47,6 +56,7 @@ import torch
 T_EPS = 1e-5
 WEIGHTINGS = ("paper", "debiased")
 REFERENCES = ("sample", "base")
+ANCHORS = ("base", "self")
 
 
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -84,10 +94,10 @@ def srum_loss(v: torch.Tensor, target: torch.Tensor, reward: torch.Tensor, alpha
               token_mask: Optional[torch.Tensor] = None, *, use_global: bool = True,
               use_reference: bool = True, weighting: str = "paper", reference: str = "sample",
               v_ref: Optional[torch.Tensor] = None, push_away: float = 1.0, t: Optional[torch.Tensor] = None,
-              dense_max_t: float = 1.0) -> LossParts:
+              dense_max_t: float = 1.0, anchor: str = "base") -> LossParts:
     """v, target, v_ref (B, N, C); reward (B, N); alpha (B,); token_mask (B, N) bool (False = padding);
     t (B,) flow times (needed when dense_max_t < 1). v_ref is the frozen base model's velocity at the same
-    x_t (needed by weighting debiased and reference base)."""
+    x_t (needed by weighting debiased with anchor base, and by reference base)."""
     if v.shape != target.shape or v.dim() != 3:
         raise ValueError(f"v and target must both be (B, N, C); got v {tuple(v.shape)}, target {tuple(target.shape)}")
     b, n, _ = v.shape
@@ -103,9 +113,12 @@ def srum_loss(v: torch.Tensor, target: torch.Tensor, reward: torch.Tensor, alpha
         raise ValueError(f"reward.reference {reference!r} is not one of {REFERENCES}")
     if not 0.0 <= push_away <= 1.0:
         raise ValueError(f"reward.push_away must be in [0, 1], got {push_away}")
-    needs_ref = weighting == "debiased" or (reference == "base" and use_reference)
+    if anchor not in ANCHORS:
+        raise ValueError(f"reward.anchor {anchor!r} is not one of {ANCHORS}")
+    needs_ref = (weighting == "debiased" and anchor == "base") or (reference == "base" and use_reference)
     if needs_ref and (v_ref is None or v_ref.shape != v.shape):
-        raise ValueError(f"weighting {weighting!r} with reference {reference!r} needs the base model's velocity "
+        raise ValueError(f"weighting {weighting!r} with anchor {anchor!r} and reference {reference!r} needs the "
+                         f"base model's velocity "
                          f"v_ref of shape {tuple(v.shape)}, got {None if v_ref is None else tuple(v_ref.shape)}")
     m = None
     if token_mask is not None:
@@ -125,7 +138,7 @@ def srum_loss(v: torch.Tensor, target: torch.Tensor, reward: torch.Tensor, alpha
         reward_term = _masked_mean(a[:, None] * r * err, m)
     else:
         rho = torch.where(r >= 0, a[:, None] * r, push_away * r)
-        base = v_ref.float().detach()
+        base = (v_ref if anchor == "base" else vf).float().detach()
         shaped = base + rho[..., None] * (tf - base)
         reward_term = _masked_mean((vf - shaped).pow(2).mean(dim=-1), m)
     if reference == "base" and v_ref is not None:

@@ -91,7 +91,7 @@ def _param_list(optimizer: torch.optim.Optimizer):
 
 def needs_reference_model(reward: Optional[RewardConfig], cfg: TrainingConfig) -> bool:
     """Does the loss need the frozen base model's velocity?"""
-    return reward is not None and (reward.weighting == "debiased" or
+    return reward is not None and ((reward.weighting == "debiased" and reward.anchor == "base") or
                                    (reward.reference == "base" and cfg.use_reference and reward.lambda_c > 0))
 
 
@@ -185,7 +185,7 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, ima
     parts = srum_loss(out.v, out.target, reward_t, alpha.to(out.v.device), lambda_c, out.token_mask,
                       use_global=use_global, use_reference=cfg.use_reference, weighting=rc.weighting,
                       reference=rc.reference if need_ref or rc.reference == "sample" else "sample", v_ref=v_ref,
-                      push_away=rc.push_away, t=t, dense_max_t=rc.dense_max_t)
+                      push_away=rc.push_away, t=t, dense_max_t=rc.dense_max_t, anchor=rc.anchor)
     lr = float(optimizer.param_groups[0]["lr"])
     loss = parts.total
     # backward even on a non-finite loss: under data parallelism every rank must join the gradient
