@@ -59,6 +59,12 @@ REFERENCES = ("sample", "base")
 ANCHORS = ("base", "self")
 
 
+def needs_base_velocity(weighting: str, anchor: str, reference: str, use_reference: bool, lambda_c: float) -> bool:
+    """Does the loss read the frozen base model's velocity: as the debiased target's anchor, or as what a
+    (non-zero) reference term anchors to? The trainer runs the base model exactly when this is true."""
+    return (weighting == "debiased" and anchor == "base") or (reference == "base" and use_reference and lambda_c > 0)
+
+
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     """t' = s t / (1 + (s - 1) t): s > 1 moves mass towards t = 1 (more noise)."""
     if shift <= 0:
@@ -115,7 +121,7 @@ def srum_loss(v: torch.Tensor, target: torch.Tensor, reward: torch.Tensor, alpha
         raise ValueError(f"reward.push_away must be in [0, 1], got {push_away}")
     if anchor not in ANCHORS:
         raise ValueError(f"reward.anchor {anchor!r} is not one of {ANCHORS}")
-    needs_ref = (weighting == "debiased" and anchor == "base") or (reference == "base" and use_reference)
+    needs_ref = needs_base_velocity(weighting, anchor, reference, use_reference, lambda_c)
     if needs_ref and (v_ref is None or v_ref.shape != v.shape):
         raise ValueError(f"weighting {weighting!r} with anchor {anchor!r} and reference {reference!r} needs the "
                          f"base model's velocity "

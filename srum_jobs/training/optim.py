@@ -28,7 +28,7 @@ import torch
 
 from ..config import RewardConfig, TrainingConfig
 from ..rewards import pooling_matrix
-from .loss import sample_timesteps, srum_loss
+from .loss import needs_base_velocity, sample_timesteps, srum_loss
 
 # the paper's shift; a model adapter may declare its own (`default_timestep_shift`)
 PAPER_TIMESTEP_SHIFT = 4.0
@@ -91,8 +91,8 @@ def _param_list(optimizer: torch.optim.Optimizer):
 
 def needs_reference_model(reward: Optional[RewardConfig], cfg: TrainingConfig) -> bool:
     """Does the loss need the frozen base model's velocity?"""
-    return reward is not None and ((reward.weighting == "debiased" and reward.anchor == "base") or
-                                   (reward.reference == "base" and cfg.use_reference and reward.lambda_c > 0))
+    return reward is not None and needs_base_velocity(reward.weighting, reward.anchor, reward.reference,
+                                                      cfg.use_reference, reward.lambda_c)
 
 
 def _rng_state(generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -143,7 +143,9 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, ima
     alpha = torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
     if alpha.shape[0] != b:
         raise ValueError(f"batch mismatch: {b} images but {alpha.shape[0]} alpha values")
-    need_ref = needs_reference_model(reward, cfg)
+    # the loss's own predicate, at the lambda_c this step uses (callers pass reward.lambda_c)
+    need_ref = reward is not None and needs_base_velocity(reward.weighting, reward.anchor, reward.reference,
+                                                          cfg.use_reference, lambda_c)
     if need_ref and reference_model is None:
         raise ValueError(f"reward.weighting {reward.weighting!r} / reward.reference {reward.reference!r} needs the "
                          "frozen base model (reference_model)")
@@ -184,7 +186,7 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, ima
     rc = reward or RewardConfig()
     parts = srum_loss(out.v, out.target, reward_t, alpha.to(out.v.device), lambda_c, out.token_mask,
                       use_global=use_global, use_reference=cfg.use_reference, weighting=rc.weighting,
-                      reference=rc.reference if need_ref or rc.reference == "sample" else "sample", v_ref=v_ref,
+                      reference=rc.reference, v_ref=v_ref,
                       push_away=rc.push_away, t=t, dense_max_t=rc.dense_max_t, anchor=rc.anchor)
     lr = float(optimizer.param_groups[0]["lr"])
     loss = parts.total
