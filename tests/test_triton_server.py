@@ -581,8 +581,13 @@ def test_sequential_requests_never_stall_in_the_batcher(triton_server):
     # plus a rare residual 500 ms wait (README "Judge server": two instances make a free slot at enqueue time
     # likely, not certain; a CI run saw one such wait, 534 ms in total). Two of them at most, as for latency.
     assert queue_ns / 1e6 < 1_200, f"requests waited {queue_ns / 1e6:.0f} ms in Triton's queue in total"
-    slow = sorted(round(1e3 * v) for v in latencies if v > 0.4)
-    assert len(slow) <= 2, f"{len(slow)} of {len(latencies)} sequential judgments took > 400 ms: {slow} ms"
+    # A stall adds its ~500 ms on top of a request's usual latency, so "slow" is measured from the median: a
+    # loaded machine (a CI neighbour, tests beside `make run`) stretches every latency a little and the median
+    # with them, where a fixed 400 ms bound counted 18 of 149 contended requests of 400-511 ms as stalls.
+    median = float(np.median(latencies))
+    slow = sorted(round(1e3 * v) for v in latencies if v > median + 0.4)
+    assert len(slow) <= 2, (f"{len(slow)} of {len(latencies)} sequential judgments took over 400 ms more than "
+                            f"the median ({1e3 * median:.0f} ms): {slow} ms")
 
 
 @pytest.mark.triton
