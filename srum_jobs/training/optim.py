@@ -89,10 +89,12 @@ def _param_list(optimizer: torch.optim.Optimizer):
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
-def needs_reference_model(reward: Optional[RewardConfig], cfg: TrainingConfig) -> bool:
-    """Does the loss need the frozen base model's velocity?"""
-    return reward is not None and needs_base_velocity(reward.weighting, reward.anchor, reward.reference,
-                                                      cfg.use_reference, reward.lambda_c)
+def needs_reference_model(reward: Optional[RewardConfig], cfg: TrainingConfig,
+                          lambda_c: Optional[float] = None) -> bool:
+    """Does the loss need the frozen base model's velocity? (at `lambda_c`, the reward's own when None)"""
+    return reward is not None and needs_base_velocity(
+        reward.weighting, reward.anchor, reward.reference, cfg.use_reference,
+        reward.lambda_c if lambda_c is None else lambda_c)
 
 
 def _rng_state(generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -143,9 +145,7 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, ima
     alpha = torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
     if alpha.shape[0] != b:
         raise ValueError(f"batch mismatch: {b} images but {alpha.shape[0]} alpha values")
-    # the loss's own predicate, at the lambda_c this step uses (callers pass reward.lambda_c)
-    need_ref = reward is not None and needs_base_velocity(reward.weighting, reward.anchor, reward.reference,
-                                                          cfg.use_reference, lambda_c)
+    need_ref = needs_reference_model(reward, cfg, lambda_c)     # at the lambda_c this step uses
     if need_ref and reference_model is None:
         raise ValueError(f"reward.weighting {reward.weighting!r} / reward.reference {reward.reference!r} needs the "
                          "frozen base model (reference_model)")
